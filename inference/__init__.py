@@ -1,0 +1,31 @@
+"""Posterior approximations for conforming Pyro regression models, all returned as ``Posterior``.
+
+``fit(model, x, y, method)`` with method in "meanfield", "lowrank", "fullrank" (SVI autoguides),
+"laplace" (exact Hessian or GGN) and "nuts"; ``predict(posterior, x)`` for the predictive;
+``BoundModel`` for the per-point log-likelihood derived from the model itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.datasets import as_regression_tensors
+
+from .fit import METHODS, fit
+from .laplace import NotPositiveDefiniteError
+from .latent import BoundModel, LatentLayout, ModelConventionError
+from .posterior import Posterior
+from .predict import Prediction, predict
+from .svi import DivergenceError
+
+__all__ = ["fit", "predict", "Posterior", "Prediction", "BoundModel", "LatentLayout", "METHODS",
+           "DivergenceError", "NotPositiveDefiniteError", "ModelConventionError", "log_likelihood"]
+
+
+def log_likelihood(posterior: Posterior, x, y, num_samples: int = 200, seed: int = 0):
+    """Per-point log-likelihood log p(y_i | x_i, θ_s) for posterior draws θ_s: [S, N]."""
+    x, y = as_regression_tensors(x, y)
+    theta = posterior.samples if posterior.structure == "empirical" else posterior.sample(num_samples, seed)
+    with torch.no_grad():
+        return posterior.bound_model().log_likelihood(theta.to(x.dtype), x, y)
+

@@ -1,0 +1,124 @@
+"""``fit``: one entry point from (model, data, method) to a :class:`~inference.posterior.Posterior`.
+
+Methods (the inference *family* of the result; unlearning re-runs the same family):
+
+    "meanfield" | "lowrank" | "fullrank"   SVI with a Pyro autoguide        (inference.svi)
+    "laplace"                              MAP + curvature, exact or GGN    (inference.laplace)
+    "nuts"                                 NUTS draws, R-hat/ESS via ArviZ  (inference.nuts)
+
+Each writes how it was run into ``posterior.meta['fit']`` so that the identical inference can be
+re-run on retained data (exact retraining).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from models.datasets import as_regression_tensors
+
+from .laplace import find_map, laplace_fields
+from .latent import BoundModel
+from .nuts import run_nuts
+from .posterior import Posterior
+from .svi import GUIDES, STRUCTURE_OF, fit_svi_fields
+
+__all__ = ["fit", "METHODS"]
+
+METHODS = {
+    "meanfield": "SVI, mean-field Gaussian guide (AutoDiagonalNormal)",
+    "lowrank": "SVI, low-rank + diagonal Gaussian guide (AutoLowRankMultivariateNormal)",
+    "fullrank": "SVI, full-covariance Gaussian guide (AutoMultivariateNormal)",
+    "laplace": "Laplace: MAP (AutoLaplaceApproximation + L-BFGS) and exact-Hessian or GGN precision",
+    "nuts": "NUTS reference draws (pyro.infer.MCMC), R-hat and ESS from ArviZ",
+}
+_SVI_OPTS = {"num_steps", "lr", "num_particles", "clip_norm", "window", "max_plateaus", "min_steps",
+             "init_scale", "rank"}
+_LAPLACE_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm",
+                 "curvature", "structure", "subset", "repair", "floor"}
+_NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
+ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
+                   "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(u) for u in v]
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    return v
+
+
+def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int = 0, progress: bool = True,
+        init: Posterior | None = None, **options: Any) -> Posterior:
+    """Approximate the posterior p(θ | x, y) of a conforming Pyro model.
+
+    Parameters
+    ----------
+    model : a Pyro program ``model(x, y=None)`` (see the README's model convention).
+    x, y : training inputs [N, D] (or [N]) and targets [N]; array-likes are converted to float32.
+    method : one of :data:`METHODS`.
+    seed : every random choice is derived from it; the global torch RNG is left untouched.
+    progress : show tqdm progress bars.
+    init : warm start from an existing posterior of the same family (used by ``retrain-warm``).
+    **options : method options, e.g. ``num_steps``, ``lr`` (SVI); ``curvature='exact'|'ggn'``,
+        ``structure='full'|'diag'|'last-layer'``, ``repair=None|'clip'|'damp'`` (Laplace);
+        ``num_samples``, ``warmup_steps``, ``num_chains`` (NUTS). Unknown options raise.
+
+    Returns
+    -------
+    Posterior over the flat unconstrained latent vector, holding the model and training data.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown inference method {method!r}; choose one of {sorted(METHODS)}")
+    unknown = set(options) - ALLOWED_OPTIONS[method]
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; "
+                         f"allowed: {sorted(ALLOWED_OPTIONS[method])}")
+    x, y = as_regression_tensors(x, y)
+    if y is None:
+        raise ValueError("y is required to fit a posterior")
+    x, y = x.clone(), y.clone()
+    bound = BoundModel(model, x, y)
+    fit_meta = {"method": method, "seed": seed, "options": {k: _json_safe(v) for k, v in options.items()}}
+    meta: dict[str, Any] = {"fit": fit_meta, "num_data": len(x), "warnings": []}
+    if init is not None and init.family != method:
+        raise ValueError(f"init posterior has family {init.family!r}, but method is {method!r}")
+
+    if method in GUIDES:
+        init_fields = None
+        if init is not None:
+            init_fields = {k: getattr(init, k) for k in ("loc", "scale", "cov_factor", "cov_diag", "scale_tril")
+                           if getattr(init, k) is not None}
+        fields, report = fit_svi_fields(bound, x, y, method, seed=seed, progress=progress,
+                                        init_fields=init_fields, **options)
+        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s")}
+        meta["losses"] = report["losses"]
+        if not report["converged"]:
+            meta["warnings"].append(f"SVI did not meet the convergence rule in {report['steps']} steps")
+        return Posterior(structure=STRUCTURE_OF[method], family=method, layout=bound.layout, model=model,
+                         x=x, y=y, meta=meta, **fields)
+
+    if method == "laplace":
+        map_opts = {k: v for k, v in options.items()
+                    if k in {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm"}}
+        curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
+        theta, report = find_map(bound, x, y, seed=seed, progress=progress,
+                                 init_loc=None if init is None else init.loc, **map_opts)
+        fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
+        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map")}
+        meta["losses"] = report["losses"]
+        meta["curvature"] = facts
+        if facts.get("repair"):
+            meta["warnings"].append(f"Laplace precision was repaired: {facts['repair']}")
+        structure = "diag" if "scale" in fields else "precision"
+        return Posterior(structure=structure, family=method, layout=bound.layout, model=model, x=x, y=y,
+                         meta=meta, **fields)
+
+    draws, report = run_nuts(bound, x, y, seed=seed, progress=progress, **options)
+    meta["diagnostics"] = report["diagnostics"]
+    meta["report"] = {"wall_time_s": report["wall_time_s"]}
+    meta["warnings"].extend(report["warnings"])
+    return Posterior(loc=draws.mean(0), structure="empirical", samples=draws, family="nuts",
+                     layout=bound.layout, model=model, x=x, y=y, meta=meta)

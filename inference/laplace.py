@@ -1,0 +1,161 @@
+"""Laplace approximation (MacKay, 1992; Daxberger et al., "Laplace Redux", NeurIPS 2021).
+
+Find the mode of the log joint in unconstrained space and expand to second order there:
+
+    θ* = argmax_θ log p̃(θ, D),    q(θ|D) = N(θ*, Λ⁻¹),    Λ = -∇² log p̃(θ*, D).
+
+The mode is found with Pyro's ``AutoLaplaceApproximation`` (an ``AutoDelta``-like guide trained by
+SVI), then polished with L-BFGS in float64 so that the Hessian is taken at a true stationary point.
+
+Curvature choices (``curvature=``, ``structure=``):
+
+    "exact"  Λ = -∇² log p̃(θ*, D)                     dense, O(d) reverse passes (d ≲ a few thousand)
+    "ggn"    Λ = -∇² log p̃(θ*) + G(θ*)                PSD likelihood part (see inference.curvature)
+             structure "full" | "diag" | "last-layer" (only the output layer is stochastic; the
+             other weights stay at θ*, as in last-layer Laplace)
+
+The exact Hessian of a non-convex net can be indefinite at the fitted mode (seen here on a tanh
+BNN, and Pyro issue #3182, where ``laplace_approximation()`` fails in Cholesky). This is never
+repaired silently: :class:`NotPositiveDefiniteError` reports the smallest eigenvalue and the count
+of non-positive ones; ``repair="clip"`` (eigenvalues raised to ``floor``) or ``repair="damp"``
+(Λ + δI with the least δ from a doubling sequence that makes it PD) fixes it and records so in
+``meta['repair']``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyro
+import torch
+from pyro.infer.autoguide import AutoLaplaceApproximation
+from pyro.infer.autoguide.initialization import init_to_value
+
+from .curvature import ggn, ggn_diagonal, hessian, prior_curvature, prior_curvature_diagonal
+from .latent import BoundModel
+from .svi import optimise_elbo
+
+__all__ = ["NotPositiveDefiniteError", "find_map", "laplace_fields", "check_and_repair_precision"]
+
+
+class NotPositiveDefiniteError(ValueError):
+    """A precision matrix that should be positive definite is not."""
+
+
+def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, num_steps: int = 3000,
+             lr: float = 0.01, init_loc: torch.Tensor | None = None, lbfgs_steps: int = 200,
+             progress: bool = True, **options) -> tuple[torch.Tensor, dict]:
+    """θ* by SVI on ``AutoLaplaceApproximation`` then float64 L-BFGS; returns (θ* in float64, report)."""
+    t0 = time.perf_counter()
+    options.setdefault("window", 100)
+    options.setdefault("max_plateaus", 4)
+    with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
+        torch.manual_seed(seed)
+        kw = {}
+        if init_loc is not None:
+            kw["init_loc_fn"] = init_to_value(values={k: v.detach() for k, v in bound.layout.unpack(init_loc).items()})
+        guide = AutoLaplaceApproximation(bound.model, **kw)
+        report = optimise_elbo(bound.model, guide, (x, y), num_steps=num_steps, lr=lr, progress=progress,
+                               desc="MAP", **options)
+        theta = guide.loc.detach().to(torch.float64).clone()
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    if lbfgs_steps > 0:
+        theta = theta.requires_grad_(True)
+        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=lbfgs_steps, tolerance_grad=1e-9,
+                                tolerance_change=1e-12, history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = -bound.log_joint(theta, x64, y64)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        theta = theta.detach()
+        if not torch.isfinite(theta).all():
+            raise RuntimeError("L-BFGS polishing of the MAP produced non-finite values; try lbfgs_steps=0")
+    with torch.enable_grad():
+        t = theta.clone().requires_grad_(True)
+        grad = torch.autograd.grad(bound.log_joint(t, x64, y64), t)[0]
+    report["grad_norm_at_map"] = float(grad.norm())
+    report["wall_time_s"] = time.perf_counter() - t0
+    return theta, report
+
+
+def check_and_repair_precision(prec: torch.Tensor, repair: str | None = None, floor: float | None = None,
+                               what: str = "precision") -> tuple[torch.Tensor, dict]:
+    """Check Λ is positive definite; repair only when asked. Returns (Λ, facts)."""
+    if repair not in (None, "clip", "damp"):
+        raise ValueError(f"repair must be None, 'clip' or 'damp', got {repair!r}")
+    prec = 0.5 * (prec + prec.T)
+    ev, V = torch.linalg.eigh(prec.to(torch.float64))
+    facts = {"min_eigenvalue": float(ev.min()), "max_eigenvalue": float(ev.max()),
+             "num_nonpositive": int((ev <= 0).sum()), "repair": None}
+    if facts["num_nonpositive"] == 0 and torch.linalg.cholesky_ex(prec)[1] == 0:
+        return prec, facts
+    if repair is None:
+        raise NotPositiveDefiniteError(
+            f"the {what} is not positive definite: smallest eigenvalue {facts['min_eigenvalue']:.4g}, "
+            f"{facts['num_nonpositive']} of {len(ev)} eigenvalues <= 0. Pass repair='clip' (raise them to a "
+            "floor) or repair='damp' (add δI), or use curvature='ggn', which is PSD by construction")
+    floor = float(floor) if floor is not None else 1e-6 * float(ev.abs().max())
+    if repair == "clip":
+        ev_new = ev.clamp_min(floor)
+        out = (V * ev_new) @ V.T
+        facts["repair"] = {"kind": "clip", "floor": floor, "num_clipped": int((ev < floor).sum())}
+    else:
+        delta = max(floor, -float(ev.min()) + floor)
+        out = prec + delta * torch.eye(len(ev), dtype=prec.dtype)
+        facts["repair"] = {"kind": "damp", "delta": delta}
+    return 0.5 * (out + out.T), facts
+
+
+def laplace_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, *,
+                   curvature: str = "exact", structure: str = "full", subset: list[str] | None = None,
+                   repair: str | None = None, floor: float | None = None) -> tuple[dict, dict]:
+    """Posterior fields of N(θ*, Λ⁻¹) for the chosen curvature/structure, plus facts for ``meta``."""
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    if curvature not in ("exact", "ggn"):
+        raise ValueError(f"curvature must be 'exact' or 'ggn', got {curvature!r}")
+    if structure not in ("full", "diag", "last-layer"):
+        raise ValueError(f"structure must be 'full', 'diag' or 'last-layer', got {structure!r}")
+    if curvature == "exact" and structure != "full":
+        raise ValueError("curvature='exact' supports structure='full' only; use curvature='ggn' for "
+                         "'diag' or 'last-layer'")
+    t0 = time.perf_counter()
+    facts: dict = {"curvature": curvature, "structure": structure}
+    if structure == "diag":
+        d = prior_curvature_diagonal(bound, x64, theta) + ggn_diagonal(bound, x64, theta)
+        if (d <= 0).any():
+            facts.update(min_eigenvalue=float(d.min()), num_nonpositive=int((d <= 0).sum()))
+            if repair is None:
+                raise NotPositiveDefiniteError(
+                    f"the diagonal precision has {facts['num_nonpositive']} non-positive entries (min "
+                    f"{float(d.min()):.4g}); pass repair='clip'")
+            d = d.clamp_min(floor if floor is not None else 1e-6 * float(d.abs().max()))
+            facts["repair"] = {"kind": "clip"}
+        facts["curvature_time_s"] = time.perf_counter() - t0
+        return {"loc": theta, "scale": d.rsqrt()}, facts
+    index = None
+    if structure == "last-layer":
+        names = subset or list(getattr(bound.model, "last_layer_sites", ()) or ())
+        if not names:
+            raise ValueError("structure='last-layer' needs subset=[site names] for a model without "
+                             "a last_layer_sites attribute")
+        unknown = set(names) - set(bound.layout.names)
+        if unknown:
+            raise ValueError(f"subset names {sorted(unknown)} are not latent sites of the model "
+                             f"({bound.layout.names})")
+        sl = bound.layout.slices()
+        index = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in names])
+        facts["subset"] = list(names)
+    if curvature == "exact":
+        prec = -hessian(lambda t: bound.log_joint(t, x64, y64), theta)
+    else:
+        prec = prior_curvature(bound, x64, theta, index) + ggn(bound, x64, theta, index)
+    prec, pd = check_and_repair_precision(prec, repair, floor)
+    facts.update(pd)
+    facts["curvature_time_s"] = time.perf_counter() - t0
+    fields = {"loc": theta, "precision": prec}
+    if index is not None:
+        fields["active"] = index
+    return fields, facts
