@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m analysis.demo
+	$(BIN)/bayes-unlearn demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

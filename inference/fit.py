@@ -89,7 +89,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     if method in GUIDES:
         init_fields = None
         if init is not None:
-            init_fields = {k: getattr(init, k) for k in ("loc", "scale", "cov_factor", "cov_diag", "scale_tril")
+            init_fields = {k: getattr(init, k).to(x.dtype) for k in ("loc", "scale", "cov_factor", "cov_diag", "scale_tril")
                            if getattr(init, k) is not None}
         fields, report = fit_svi_fields(bound, x, y, method, seed=seed, progress=progress,
                                         init_fields=init_fields, **options)
@@ -105,7 +105,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                     if k in {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm"}}
         curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
         theta, report = find_map(bound, x, y, seed=seed, progress=progress,
-                                 init_loc=None if init is None else init.loc, **map_opts)
+                                 init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
         fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
         meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map")}
         meta["losses"] = report["losses"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import arviz as az
 import numpy as np
 import pyro
 import torch
@@ -27,6 +26,8 @@ def run_nuts(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, num_samples
              warmup_steps: int = 500, num_chains: int = 2, seed: int = 0, target_accept_prob: float = 0.8,
              max_tree_depth: int = 10, progress: bool = True) -> tuple[torch.Tensor, dict]:
     """Run NUTS; return unconstrained draws [chains·samples, d] and a report with R-hat/ESS."""
+    import arviz as az  # imported lazily: it is slow to import and only NUTS needs it here
+
     if num_samples < 1 or warmup_steps < 0 or num_chains < 1:
         raise ValueError("need num_samples >= 1, warmup_steps >= 0 and num_chains >= 1")
     t0 = time.perf_counter()

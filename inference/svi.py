@@ -116,7 +116,7 @@ def optimise_elbo(model: Callable, guide, args: tuple, *, num_steps: int = 10000
                 value = loss_fn(model, guide, *args)
                 value.backward()
                 optim.step()
-                v = float(value)
+                v = float(value.detach())
                 if not math.isfinite(v) or not all(torch.isfinite(p).all() for p in guide.parameters()):
                     raise DivergenceError(
                         f"{desc}: the loss became {v} at step {step}; lower lr (now {lr}) or check the model "

@@ -1,0 +1,149 @@
+"""Re-fitting a guide against the likelihood-subtracted ELBO (Nguyen, Low & Jaillet, "Variational
+Bayesian Unlearning", NeurIPS 2020).
+
+Minimise over the guide family of q(θ | D) (warm-started at q(θ | D) itself)
+
+    U(q_u) = E_{q_u}[log p(D_f | θ)] + KL(q_u ‖ q(θ | D))            ("eubo")
+    U_adj(q_u) = E_{q_u}[log p_adj(D_f | θ)] + KL(q_u ‖ q(θ | D))    ("eubo-adjusted")
+
+by SVI on the unlearning model θ ~ q(θ|D); factor(-log p_adj(D_f|θ)) (see ``objective``). Its
+minimiser is the projection of q(θ|D)/p(D_f|θ) onto the family: exact when q(θ|D) is the exact
+posterior and the family contains p(θ|D_r) (conjugate linear regression with a full-rank guide).
+
+Pitfall: for a neural net -log p(D_f|θ) grows without bound away from the data faster than
+log q(θ|D) falls, so the plain objective is unbounded below (measured in DESIGN.md: the loss ran to
+-7e7). Divergence is detected every ``window`` steps -- the loss falling more than ``runaway`` ×
+(|L₀| + |D_f|) below its first-window mean L₀, or a marginal std growing beyond ``max_scale_ratio``
+× its old value -- and then the fit stops, the last healthy snapshot is returned, the result is
+flagged ``diverged`` and the warning names the remedies (``eubo-adjusted``, ``rkl``).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from inference.posterior import Posterior
+from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
+
+from .base import ForgetSet, register
+from .objective import ForgetLikelihood, unlearning_model
+
+__all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
+
+_FAMILY = {"diag": "meanfield", "lowrank": "lowrank", "full": "fullrank", "precision": "fullrank",
+           "empirical": "fullrank"}
+_STRUCTURE = {"meanfield": "diag", "lowrank": "lowrank", "fullrank": "full"}
+
+
+def guide_family_for(old: Posterior) -> str:
+    """The autoguide family matching the old posterior's covariance structure."""
+    return _FAMILY[old.structure]
+
+
+def gaussian_fields(old: Posterior, family: str) -> dict[str, torch.Tensor]:
+    """The old posterior expressed in the fields of ``family`` (for warm starts)."""
+    q = old.to_distribution()
+    if family == "meanfield":
+        return {"loc": old.loc, "scale": old.variance().sqrt()}
+    if family == "lowrank":
+        return {"loc": old.loc, "cov_factor": old.cov_factor, "cov_diag": old.cov_diag}
+    return {"loc": old.loc, "scale_tril": q.scale_tril}
+
+
+def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, progress: bool = False,
+                num_steps: int = 4000, lr: float = 0.003, window: int = 200, max_plateaus: int = 6,
+                num_particles: int = 1, runaway: float = 10.0, max_scale_ratio: float = 100.0) -> dict:
+    """Fit a guide of the old posterior's family to the unlearning model; detect divergence."""
+    if old.active is not None:
+        raise ValueError("guide re-fitting needs a posterior over all coordinates; this one is restricted to "
+                         "`active` coordinates (last-layer Laplace): use laplace-downdate instead")
+    family = guide_family_for(old)
+    model = unlearning_model(old, forget)
+    old_std = old.variance().sqrt()
+    k = len(forget.x_f)
+    state: dict = {"first": None, "snapshot": None, "reason": None}
+    with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
+        torch.manual_seed(seed)
+        guide = make_guide(model, family, layout=None)
+        guide()
+        warm_start_guide(guide, family, gaussian_fields(old, family))
+        state["snapshot"] = guide_to_fields(guide, family)
+        losses: list[float] = []
+
+        def monitor(step: int, loss: float):
+            losses.append(loss)
+            if (step + 1) % window:
+                return None
+            mean = sum(losses[-window:]) / window
+            if state["first"] is None:
+                state["first"] = mean
+            fields = guide_to_fields(guide, family)
+            q = _std(fields, family)
+            ratio = float((q / old_std).max())
+            if mean < state["first"] - runaway * (abs(state["first"]) + k):
+                state["reason"] = (f"the objective ran away (window mean {mean:.4g} vs {state['first']:.4g} at the "
+                                   f"start)")
+            elif ratio > max_scale_ratio:
+                state["reason"] = f"a posterior std grew {ratio:.3g}x beyond its old value"
+            if state["reason"]:
+                return state["reason"]
+            state["snapshot"] = fields
+            return None
+
+        try:
+            rep = optimise_elbo(model, guide, (), num_steps=num_steps, lr=lr, window=window,
+                                max_plateaus=max_plateaus, num_particles=num_particles, progress=progress,
+                                monitor=monitor, desc="unlearn (EUBO)")
+        except DivergenceError as e:
+            state["reason"] = str(e)
+            rep = {"steps": len(losses), "losses": losses, "converged": False}
+        final = guide_to_fields(guide, family) if not state["reason"] else state["snapshot"]
+    warnings = []
+    if state["reason"]:
+        warnings.append(f"diverged after {len(losses)} steps: {state['reason']}; returned the last healthy "
+                        "snapshot. The likelihood-subtracted objective is unbounded for this model: try "
+                        "method='eubo-adjusted' (bounded by the adjusted likelihood) or method='rkl'")
+    elif not rep["converged"]:
+        warnings.append(f"the re-fit did not meet the convergence rule in {rep['steps']} steps")
+    post = Posterior(structure=_STRUCTURE[family], family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "guide_family": family}, **final)
+    return {"posterior": post, "steps": len(losses), "warnings": warnings, "diverged": bool(state["reason"]),
+            "final_objective": losses[-1] if losses else None, "losses": losses}
+
+
+def _std(fields: dict, family: str) -> torch.Tensor:
+    if family == "meanfield":
+        return fields["scale"]
+    if family == "lowrank":
+        return (fields["cov_factor"].pow(2).sum(-1) + fields["cov_diag"]).sqrt()
+    return fields["scale_tril"].pow(2).sum(-1).sqrt()
+
+
+_OPTS = ("num_steps", "lr", "window", "max_plateaus", "num_particles", "runaway", "max_scale_ratio")
+
+
+@register("eubo", "re-fit the guide to q(θ|D)/p(D_f|θ) (likelihood-subtracted ELBO; Nguyen et al. 2020)")
+def eubo(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
+    bad = set(options) - set(_OPTS)
+    if bad:
+        raise TypeError(f"unknown option(s) {sorted(bad)} for 'eubo'; allowed: {list(_OPTS)}")
+    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget)
+    out = refit_guide(old, forget, seed=seed, progress=progress, **options)
+    return out
+
+
+@register("eubo-adjusted", "EUBO with the adjusted likelihood: p(D_f|θ) only where q(θ|D) > λ·max q "
+          "(default: the central 99% of q)")
+def eubo_adjusted(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
+                  lam: float | None = None, quantile: float | None = None, **options) -> dict:
+    bad = set(options) - set(_OPTS)
+    if bad:
+        raise TypeError(f"unknown option(s) {sorted(bad)} for 'eubo-adjusted'; allowed: "
+                        f"{['lam', 'quantile', *_OPTS]}")
+    if lam is None and quantile is None:
+        quantile = 0.99
+    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
+    out = refit_guide(old, forget, seed=seed, progress=progress, **options)
+    out["diagnostics"] = {"log_lambda": forget.log_lam}
+    return out

@@ -1,0 +1,185 @@
+"""Laplace unlearning: down-date the precision, or re-fit the Laplace approximation.
+
+Down-date (DESIGN.md §4.2). With q(θ | D) = N(θ*, Λ⁻¹), g_f = ∇ log p(D_f | θ*) and
+H_f = -∇² log p(D_f | θ*) (exact Hessian, or its GGN -- matching how Λ was built):
+
+    Λ_r = Λ - H_f,        μ_r = θ* - Λ_r⁻¹ g_f     (one Newton step on log q(θ|D) - log p(D_f|θ))
+
+or μ_r = θ* (``mean="keep"``). For conjugate linear regression both lines are exact. Λ_r need not
+be positive definite (exact Hessians of a non-convex net, diagonal structure, mismatched fits):
+its smallest eigenvalue and the count of non-positive ones are always reported, and it is repaired
+(eigenvalue clip or damping, ``repair=``) only on request -- otherwise the call raises.
+
+Re-fit ("laplace-refit"): the Laplace approximation of the unlearning model itself,
+
+    θ_u = argmax_θ  log q(θ | D) - log p(D_f | θ),     Λ_u = Λ - H_f(θ_u),
+
+with the mode found by Pyro's ``AutoLaplaceApproximation`` on the unlearning model (warm-started at
+θ*) and polished by float64 L-BFGS. Like the plain EUBO this objective is unbounded for nets; a
+mode that runs off (Mahalanobis distance under q(θ|D) beyond ``max_distance``) is flagged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from inference.curvature import ggn, ggn_diagonal, hessian
+from inference.laplace import check_and_repair_precision
+from inference.posterior import Posterior
+
+from .base import ForgetSet, register
+
+__all__ = ["forget_curvature", "old_precision"]
+
+
+def old_precision(old: Posterior) -> tuple[torch.Tensor, str, str]:
+    """(Λ or its diagonal over the active coordinates, 'dense'|'diag', curvature) of the old posterior."""
+    curv = (old.meta.get("curvature") or {}).get("curvature", "exact")
+    if old.structure == "precision":
+        return old.precision.to(torch.float64), "dense", curv
+    if old.structure == "diag":
+        return old.scale.to(torch.float64).pow(-2), "diag", curv
+    cov = old._active_cov().to(torch.float64)
+    return torch.cholesky_inverse(torch.linalg.cholesky(cov)), "dense", "exact"
+
+
+def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, kind: str, curvature: str):
+    """(g_f, H_f) at θ over the active coordinates: gradient of log p(D_f|θ) and -∇² (or GGN)."""
+    bound = old.bound_model()
+    x, y = fs.x_forget.to(torch.float64), fs.y_forget.to(torch.float64)
+    theta = theta.detach().to(torch.float64)
+    idx = old.active
+    f = lambda t: bound.log_likelihood(t, x, y).sum()  # noqa: E731
+    g = torch.func.grad(f)(theta)
+    if kind == "diag":
+        H = ggn_diagonal(bound, x, theta) if curvature == "ggn" else -torch.diagonal(hessian(f, theta))
+    elif curvature == "ggn":
+        H = ggn(bound, x, theta, idx)
+    else:
+        H = -hessian(f, theta)
+        if idx is not None:
+            H = H[idx][:, idx]
+    if idx is not None:
+        g = g[idx]
+    return g, H
+
+
+@register("laplace-downdate", "Λ_r = Λ - H_f and one Newton step for the mean (exact Hessian or GGN, "
+          "as the posterior was built)")
+def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
+                     mean: str = "newton", curvature: str | None = None, repair: str | None = None,
+                     floor: float | None = None) -> dict:
+    if mean not in ("newton", "keep"):
+        raise ValueError(f"mean must be 'newton' or 'keep', got {mean!r}")
+    if old.structure == "empirical":
+        raise ValueError("laplace-downdate needs a Gaussian posterior; this one is empirical (draws)")
+    prec, kind, curv_old = old_precision(old)
+    curvature = curvature or curv_old
+    theta = old.loc.to(torch.float64)
+    g, H = forget_curvature(old, fs, theta, kind, curvature)
+    warnings: list[str] = []
+    if kind == "diag":
+        d = prec - H
+        facts = {"min_eigenvalue": float(d.min()), "num_nonpositive": int((d <= 0).sum()), "repair": None}
+        if facts["num_nonpositive"]:
+            if repair is None:
+                from inference.laplace import NotPositiveDefiniteError
+                raise NotPositiveDefiniteError(
+                    f"the down-dated diagonal precision has {facts['num_nonpositive']} non-positive entries "
+                    f"(smallest {facts['min_eigenvalue']:.4g}); pass repair='clip'")
+            fl = floor if floor is not None else 1e-6 * float(d.abs().max())
+            facts["repair"] = {"kind": "clip", "floor": fl, "num_clipped": facts["num_nonpositive"]}
+            d = d.clamp_min(fl)
+        step = -g / d
+        fields = {"scale": d.rsqrt().to(old.loc.dtype)}
+        structure = "diag"
+    else:
+        prec_r, facts = check_and_repair_precision(prec - H, repair, floor, what="down-dated precision")
+        step = -torch.linalg.solve(prec_r, g)
+        fields = {"precision": prec_r}
+        structure = "precision"
+    loc = theta.clone()
+    if mean == "newton":
+        if old.active is None:
+            loc = loc + step
+        else:
+            loc[old.active] += step
+    if facts.get("repair"):
+        warnings.append(f"the down-dated precision was repaired: {facts['repair']}")
+    facts["step_norm"] = float(step.norm()) if mean == "newton" else 0.0
+    facts["curvature"] = curvature
+    post = Posterior(loc=loc.to(old.loc.dtype) if structure == "diag" else loc, structure=structure,
+                     family=old.family, layout=old.layout, active=old.active,
+                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}},
+                     **fields)
+    return {"posterior": post, "warnings": warnings, "diagnostics": facts}
+
+
+@register("laplace-refit", "Laplace approximation of q(θ|D)/p(D_f|θ): its mode (AutoLaplaceApproximation "
+          "+ L-BFGS, warm-started) and the Hessian there")
+def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, num_steps: int = 500,
+                  lr: float = 0.005, lbfgs_steps: int = 200, repair: str | None = None,
+                  floor: float | None = None, max_distance: float | None = None) -> dict:
+    import pyro
+    from pyro.infer.autoguide import AutoLaplaceApproximation
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    from inference.svi import optimise_elbo
+
+    from .objective import ForgetLikelihood, unlearning_model
+
+    if old.structure == "empirical" or old.active is not None:
+        raise ValueError("laplace-refit needs a Gaussian posterior over all coordinates")
+    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget)
+    prec, kind, curv = old_precision(old)
+    warnings: list[str] = []
+    with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
+        torch.manual_seed(seed)
+        model = unlearning_model(old, forget)
+        guide = AutoLaplaceApproximation(model, init_loc_fn=init_to_value(values={"theta": old.loc.detach()}))
+        rep = optimise_elbo(model, guide, (), num_steps=num_steps, lr=lr, window=50, max_plateaus=3,
+                            progress=progress, desc="unlearn (Laplace MAP)")
+        theta = guide.loc.detach().to(torch.float64).clone()
+    q = old.to_distribution()
+    objective = lambda t: q.log_prob(t.to(old.loc.dtype)).to(torch.float64) - forget(t)  # noqa: E731
+    if lbfgs_steps:
+        theta.requires_grad_(True)
+        opt = torch.optim.LBFGS([theta], max_iter=lbfgs_steps, tolerance_grad=1e-9, tolerance_change=1e-12,
+                                history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = -objective(theta)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        theta = theta.detach()
+    diff = theta - old.loc.to(torch.float64)
+    r = float((diff @ (prec @ diff if kind == "dense" else prec * diff)).sqrt())
+    limit = max_distance if max_distance is not None else 10.0 * (old.dim ** 0.5 + 3.0)
+    diverged = (not torch.isfinite(theta).all()) or r > limit
+    if diverged:
+        warnings.append(f"the unlearning mode ran {r:.3g} Mahalanobis units from θ* (limit {limit:.3g}): the "
+                        "objective log q(θ|D) - log p(D_f|θ) is unbounded for this model; the old mode is "
+                        "returned with the down-dated precision. Try laplace-downdate, eubo-adjusted or rkl")
+        theta = old.loc.to(torch.float64)
+    g, H = forget_curvature(old, fs, theta, kind, curv)
+    if kind == "diag":
+        d = prec - H
+        if (d <= 0).any():
+            if repair is None:
+                from inference.laplace import NotPositiveDefiniteError
+                raise NotPositiveDefiniteError(f"the re-fitted diagonal precision has {int((d <= 0).sum())} "
+                                               "non-positive entries; pass repair='clip'")
+            d = d.clamp_min(floor if floor is not None else 1e-6 * float(d.abs().max()))
+        fields, structure, facts = {"scale": d.rsqrt().to(old.loc.dtype)}, "diag", {"min_eigenvalue": float(d.min())}
+        theta = theta.to(old.loc.dtype)
+    else:
+        prec_u, facts = check_and_repair_precision(prec - H, repair, floor, what="re-fitted precision")
+        fields, structure = {"precision": prec_u}, "precision"
+    facts["mahalanobis_shift"] = r
+    post = Posterior(loc=theta, structure=structure, family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}},
+                     **fields)
+    return {"posterior": post, "warnings": warnings, "diverged": diverged, "diagnostics": facts,
+            "steps": rep["steps"], "final_objective": float(-objective(theta))}

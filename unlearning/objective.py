@@ -1,0 +1,133 @@
+"""The forget-set log-likelihood, its adjusted version, and the unlearning model.
+
+Forget log-likelihood of θ (derived from the user's model, see ``inference.latent``):
+
+    ℓ_f(θ) = log p(D_f | θ) = Σ_{i ∈ D_f} log p(y_i | x_i, θ).
+
+Adjusted likelihood (Nguyen et al., "Variational Bayesian Unlearning", NeurIPS 2020, §3.2): use
+p(D_f | θ) only where the old posterior is not negligible,
+
+    p_adj(D_f | θ) = p(D_f | θ)  if q(θ | D) > λ · max_θ q(θ | D),   else 1.
+
+Nguyen et al. work with classification likelihoods, which are ≤ 1. A regression likelihood is a
+density and p(D_f | θ) is often ≫ 1 (σ = 0.1 gives log p ≈ +1.4 per point), so "else 1" would
+make the *outside* of the region the most probable part of q(θ|D)/p_adj. We therefore measure the
+likelihood relative to its value at the old mean μ: p_adj = p(D_f|θ)/p(D_f|μ) inside, 1 outside.
+Inside the region this only rescales the target by a constant; it makes the adjustment continuous
+at typical points whatever the units of y.
+
+For a Gaussian q with precision Λ, q(θ)/max q = exp(-½ (θ-μ)ᵀΛ(θ-μ)), so the rule is a
+Mahalanobis ball: r²(θ) < -2 log λ. In d dimensions draws from q itself have r² ≈ χ²_d, so a
+fixed λ means very different things for d = 4 and d = 1000; we therefore also accept
+``quantile=p``, i.e. λ = exp(-½ χ²_{d,p}): the likelihood is used on the central p-mass of q.
+
+Unlearning model (the old posterior becomes the prior; the forget likelihood is subtracted):
+
+    θ ~ q(θ | D);   pyro.factor("forget", -log p_adj(D_f | θ))
+
+whose ELBO for a guide q_u is -U(q_u) with U(q_u) = E_{q_u}[log p_adj(D_f|θ)] + KL(q_u ‖ q(θ|D))
+(the "EUBO" of Nguyen et al.). ``poutine.scale`` refuses negative scales, hence ``pyro.factor``;
+the inner trace that evaluates log p(D_f | θ) is wrapped in ``poutine.block``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+
+from inference.latent import BoundModel
+from inference.posterior import Posterior
+
+__all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution"]
+
+
+def lambda_from_quantile(d: int, quantile: float) -> float:
+    """log λ such that the region q > λ max q holds ``quantile`` of a d-dim Gaussian's mass."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+    from scipy.stats import chi2
+
+    return -0.5 * float(chi2.ppf(quantile, d))
+
+
+class ForgetLikelihood:
+    """θ ↦ log p(D_f | θ) (optionally adjusted) for a fixed model and forget set.
+
+    Parameters
+    ----------
+    bound : the model bound to its layout.
+    x_f, y_f : the forget set.
+    old : the old posterior q(θ | D) (needed only for the adjustment).
+    lam, quantile : adjustment threshold λ ∈ [0, 1], or the mass ``quantile`` of q it keeps
+        (give at most one; neither means no adjustment; λ = 0 is also no adjustment).
+    """
+
+    def __init__(self, bound: BoundModel, x_f: torch.Tensor, y_f: torch.Tensor, old: Posterior | None = None,
+                 lam: float | None = None, quantile: float | None = None):
+        self.offset = 0.0
+        if lam is not None and quantile is not None:
+            raise ValueError("give either lam or quantile for the adjusted likelihood, not both")
+        self.bound, self.x_f, self.y_f = bound, x_f, y_f
+        self.log_lam: float | None = None
+        if lam is not None:
+            if not 0.0 <= lam <= 1.0:
+                raise ValueError(f"lam must lie in [0, 1], got {lam}")
+            self.log_lam = None if lam == 0.0 else math.log(lam)
+        elif quantile is not None:
+            self.log_lam = lambda_from_quantile(bound.layout.dim, quantile)
+        if self.log_lam is not None:
+            if old is None:
+                raise ValueError("the adjusted likelihood needs the old posterior")
+            self.q = old.to_distribution() if old.active is None else None
+            if self.q is None:
+                raise ValueError("the adjusted likelihood needs a posterior without `active` restriction")
+            self.log_q_max = float(self.q.log_prob(old.loc))
+            with torch.no_grad():
+                self.offset = float(self.per_point(old.loc).sum())
+
+    @property
+    def adjusted(self) -> bool:
+        return self.log_lam is not None
+
+    def per_point(self, theta: torch.Tensor) -> torch.Tensor:
+        """ℓ_i(θ) for i ∈ D_f: [k] for θ [d], [S, k] for θ [S, d] (not adjusted)."""
+        with poutine.block():
+            return self.bound.log_likelihood(theta.to(self.x_f.dtype), self.x_f, self.y_f)
+
+    def mask(self, theta: torch.Tensor) -> torch.Tensor:
+        """1 where q(θ|D) > λ max q (the likelihood counts), else 0."""
+        if not self.adjusted:
+            return torch.ones(theta.shape[:-1], dtype=theta.dtype)
+        with torch.no_grad():
+            return (self.q.log_prob(theta) - self.log_q_max > self.log_lam).to(theta.dtype)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """log p_adj(D_f | θ): scalar for θ [d], [S] for θ [S, d]."""
+        if not self.adjusted:
+            return self.per_point(theta).sum(-1)
+        return (self.per_point(theta).sum(-1) - self.offset) * self.mask(theta)
+
+
+def prior_distribution(old: Posterior) -> torch.distributions.Distribution:
+    """q(θ | D) as a Pyro distribution over the flat θ (event dim 1)."""
+    q = old.to_distribution()
+    if isinstance(q, torch.distributions.Independent):
+        return dist.Normal(q.base_dist.loc, q.base_dist.scale).to_event(1)
+    if isinstance(q, torch.distributions.LowRankMultivariateNormal):
+        return dist.LowRankMultivariateNormal(q.loc, q.cov_factor, q.cov_diag)
+    return dist.MultivariateNormal(q.loc, scale_tril=q.scale_tril)
+
+
+def unlearning_model(old: Posterior, forget: ForgetLikelihood):
+    """The Pyro program  θ ~ q(θ|D); factor(-log p_adj(D_f|θ))  over one flat site ``theta``."""
+    prior = prior_distribution(old)
+
+    def model(*_):
+        theta = pyro.sample("theta", prior)
+        pyro.factor("forget", -forget(theta))
+        return theta
+    return model

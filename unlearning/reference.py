@@ -1,0 +1,41 @@
+"""Reference methods present in every comparison (DESIGN.md §4.4).
+
+    none          q_u(θ) = q(θ | D)                    (do nothing: the lower reference)
+    retrain       q_u = fit(model, D_r, same family)   (exact retraining: the gold standard)
+    retrain-warm  the same, started from q(θ | D)      (usually faster, same target)
+"""
+
+from __future__ import annotations
+
+from inference.fit import fit
+from inference.posterior import Posterior
+
+from .base import ForgetSet, register
+
+
+def _refit(old: Posterior, fs: ForgetSet, seed: int, progress: bool, warm: bool, options: dict) -> dict:
+    info = old.meta.get("fit")
+    if not info:
+        raise ValueError("the posterior does not record how it was fitted (meta['fit']); retraining needs it")
+    opts = dict(info.get("options", {}))
+    opts.update(options)
+    post = fit(old.model, fs.x_retain, fs.y_retain, info["method"], seed=seed, progress=progress,
+               init=old if warm else None, **opts)
+    rep = post.meta.get("report", {})
+    return {"posterior": post, "steps": rep.get("steps"), "warnings": post.meta.get("warnings", []),
+            "final_objective": post.meta["losses"][-1] if post.meta.get("losses") else None}
+
+
+@register("none", "do nothing: keep q(θ|D) (the lower reference)")
+def none(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False) -> dict:
+    return {"posterior": old}
+
+
+@register("retrain", "exact retraining: the same inference from scratch on D_r (the gold standard)")
+def retrain(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
+    return _refit(old, fs, seed, progress, warm=False, options=options)
+
+
+@register("retrain-warm", "the same inference on D_r, warm-started from q(θ|D)")
+def retrain_warm(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
+    return _refit(old, fs, seed, progress, warm=True, options=options)
