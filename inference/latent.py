@@ -41,6 +41,7 @@ _NAMED_CONSTRAINTS: dict[str, Any] = {
     "real": constraints.real,
     "real_vector": constraints.real_vector,
     "positive": constraints.positive,
+    "nonnegative": constraints.nonnegative,
     "unit_interval": constraints.unit_interval,
     "simplex": constraints.simplex,
     "lower_cholesky": constraints.lower_cholesky,
@@ -64,6 +65,8 @@ def _constraint_name(c: Any) -> str | None:
         return None if inner is None else f"independent:{c.reinterpreted_batch_ndims}:{inner}"
     if isinstance(c, constraints.interval):
         return f"interval:{float(c.lower_bound)!r}:{float(c.upper_bound)!r}"
+    if isinstance(c, constraints.greater_than_eq):
+        return f"greater_than_eq:{float(c.lower_bound)!r}"
     if isinstance(c, constraints.greater_than):
         return f"greater_than:{float(c.lower_bound)!r}"
     return None
@@ -81,6 +84,8 @@ def _constraint_from_name(name: str) -> Any:
         return constraints.interval(float(lo), float(hi))
     if kind == "greater_than":
         return constraints.greater_than(float(rest))
+    if kind == "greater_than_eq":
+        return constraints.greater_than_eq(float(rest))
     raise ValueError(f"unknown constraint name {name!r} in a posterior file")
 
 
@@ -199,7 +204,8 @@ class BoundModel:
             raise TypeError(f"model must be a callable Pyro program model(x, y=None), got {type(model)!r}")
         self.model = model
         y_proto = y if y is not None else None
-        with torch.no_grad(), pyro.validation_enabled(True):
+        # the prototype trace draws latents from the prior: keep the caller's global RNG untouched
+        with torch.no_grad(), pyro.validation_enabled(True), torch.random.fork_rng(devices=[]):
             try:
                 tr = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(x, y_proto)
             except Exception as e:  # give the user the model-level error, with context
@@ -266,7 +272,7 @@ class BoundModel:
         """log p̃(θ): prior density of θ in unconstrained space (including the Jacobian term)."""
         if theta.dim() == 2:
             return self._batched(lambda t: self.log_prior(t, x), theta)
-        tr = self.trace(theta, x, None)
+        tr = self.trace(theta, x, torch.zeros(len(x), dtype=x.dtype))  # a dummy y: nothing is sampled
         total = theta.new_zeros(())
         for name in self.layout.names:
             site = tr.nodes[name]

@@ -12,8 +12,8 @@ posterior and the family contains p(θ|D_r) (conjugate linear regression with a 
 
 Pitfall: for a neural net -log p(D_f|θ) grows without bound away from the data faster than
 log q(θ|D) falls, so the plain objective is unbounded below (measured in DESIGN.md: the loss ran to
--7e7). Divergence is detected every ``window`` steps -- the loss falling more than ``runaway`` ×
-(|L₀| + |D_f|) below its first-window mean L₀, or a marginal std growing beyond ``max_scale_ratio``
+-7e7). Divergence is detected every ``window`` steps -- the window's mean loss falling more than
+``runaway`` × (|L₀| + |D_f|) below L₀, the mean of the first 10 losses, or a marginal std growing beyond ``max_scale_ratio``
 × its old value -- and then the fit stops, the last healthy snapshot is returned, the result is
 flagged ``diverged`` and the warning names the remedies (``eubo-adjusted``, ``rkl``).
 """
@@ -62,7 +62,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
     model = unlearning_model(old, forget)
     old_std = old.variance().sqrt()
     k = len(forget.x_f)
-    state: dict = {"first": None, "snapshot": None, "reason": None}
+    state: dict = {"first": None, "snapshot": None, "snapshot_loss": None, "reason": None}
     with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
         torch.manual_seed(seed)
         guide = make_guide(model, family, layout=None)
@@ -73,11 +73,11 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
 
         def monitor(step: int, loss: float):
             losses.append(loss)
+            if len(losses) == min(10, window):  # the baseline: before the optimiser can run away
+                state["first"] = sum(losses) / len(losses)
             if (step + 1) % window:
                 return None
             mean = sum(losses[-window:]) / window
-            if state["first"] is None:
-                state["first"] = mean
             fields = guide_to_fields(guide, family)
             q = _std(fields, family)
             ratio = float((q / old_std).max())
@@ -88,7 +88,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
                 state["reason"] = f"a posterior std grew {ratio:.3g}x beyond its old value"
             if state["reason"]:
                 return state["reason"]
-            state["snapshot"] = fields
+            state["snapshot"], state["snapshot_loss"] = fields, mean
             return None
 
         try:
@@ -109,7 +109,8 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
     post = Posterior(structure=_STRUCTURE[family], family=old.family, layout=old.layout,
                      meta={"fit": old.meta.get("fit"), "guide_family": family}, **final)
     return {"posterior": post, "steps": len(losses), "warnings": warnings, "diverged": bool(state["reason"]),
-            "final_objective": losses[-1] if losses else None, "losses": losses}
+            "final_objective": (state["snapshot_loss"] if state["reason"] else losses[-1]) if losses else None,
+            "losses": losses}
 
 
 def _std(fields: dict, family: str) -> torch.Tensor:

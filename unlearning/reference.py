@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from inference.fit import fit
+from inference.fit import ALLOWED_OPTIONS, fit
 from inference.posterior import Posterior
 
 from .base import ForgetSet, register
@@ -17,6 +17,11 @@ def _refit(old: Posterior, fs: ForgetSet, seed: int, progress: bool, warm: bool,
     info = old.meta.get("fit")
     if not info:
         raise ValueError("the posterior does not record how it was fitted (meta['fit']); retraining needs it")
+    allowed = ALLOWED_OPTIONS[info["method"]]
+    bad = set(options) - allowed
+    if bad:
+        raise TypeError(f"unknown option(s) {sorted(bad)} for retraining a {info['method']!r} posterior; "
+                        f"allowed: {sorted(allowed)}")
     opts = dict(info.get("options", {}))
     opts.update(options)
     post = fit(old.model, fs.x_retain, fs.y_retain, info["method"], seed=seed, progress=progress,

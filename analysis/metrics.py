@@ -1,0 +1,96 @@
+"""Distances between posteriors and against exact retraining (DESIGN.md §5; Nguyen et al., 2020).
+
+Function space -- at each input x the predictive is moment-matched to a Gaussian N(m(x), s(x)²)
+(see ``inference.predict``), and per-input distances are averaged over a set of inputs:
+
+    KL(N(m₁, s₁²) ‖ N(m₂, s₂²)) = log(s₂/s₁) + (s₁² + (m₁ - m₂)²) / (2 s₂²) - ½
+    W₂(N(m₁, s₁²), N(m₂, s₂²))  = √((m₁ - m₂)² + (s₁ - s₂)²)
+
+Weight space (meaningful for linear models and warm-started runs only):
+
+    KL(N(μ₁, Σ₁) ‖ N(μ₂, Σ₂)) = ½ [tr(Σ₂⁻¹Σ₁) + (μ₂-μ₁)ᵀΣ₂⁻¹(μ₂-μ₁) - d + log det Σ₂ - log det Σ₁]
+    W₂² = ‖μ₁ - μ₂‖² + tr(Σ₁ + Σ₂ - 2 (Σ₂^{½} Σ₁ Σ₂^{½})^{½})
+
+Gap closed by a method, with d a distance to the retrained posterior:
+
+    gap_closed = 1 - d(method, retrain) / d(none, retrain)     (1 = as good as retraining, 0 = no better
+                                                                than doing nothing, < 0 = worse)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from inference.posterior import Posterior
+from inference.predict import Prediction, predict
+
+__all__ = ["gaussian_kl_1d", "gaussian_w2_1d", "predictive_kl", "predictive_w2", "gap_closed",
+           "gaussian_kl", "gaussian_w2", "rmse", "nll"]
+
+
+def gaussian_kl_1d(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Element-wise KL(N(m1, s1²) ‖ N(m2, s2²))."""
+    return torch.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+
+
+def gaussian_w2_1d(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Element-wise 2-Wasserstein distance between 1-D Gaussians."""
+    return ((m1 - m2) ** 2 + (s1 - s2) ** 2).sqrt()
+
+
+def _pred(p: Posterior | Prediction, x: torch.Tensor, num_samples: int, seed: int) -> Prediction:
+    return p if isinstance(p, Prediction) else predict(p, x, num_samples=num_samples, seed=seed)
+
+
+def predictive_kl(p: Posterior | Prediction, q: Posterior | Prediction, x: torch.Tensor | None = None,
+                  num_samples: int = 200, seed: int = 0) -> float:
+    """Mean over inputs of KL(p(y|x) ‖ q(y|x)), both moment-matched Gaussians (predictions reused if given)."""
+    a, b = _pred(p, x, num_samples, seed), _pred(q, x, num_samples, seed)
+    return float(gaussian_kl_1d(a.mean.double(), a.std.double(), b.mean.double(), b.std.double()).mean())
+
+
+def predictive_w2(p: Posterior | Prediction, q: Posterior | Prediction, x: torch.Tensor | None = None,
+                  num_samples: int = 200, seed: int = 0) -> float:
+    """Mean over inputs of W₂ between the moment-matched Gaussian predictives."""
+    a, b = _pred(p, x, num_samples, seed), _pred(q, x, num_samples, seed)
+    return float(gaussian_w2_1d(a.mean.double(), a.std.double(), b.mean.double(), b.std.double()).mean())
+
+
+def gap_closed(d_method: float, d_none: float) -> float:
+    """1 - d(method, retrain) / d(none, retrain); NaN when doing nothing is already exact (d_none = 0)."""
+    if d_none <= 0:
+        return math.nan
+    return 1.0 - d_method / d_none
+
+
+def gaussian_kl(p: Posterior, q: Posterior) -> float:
+    """Weight-space KL(p ‖ q) between the Gaussian (moment-matched) forms of two posteriors."""
+    a = torch.distributions.MultivariateNormal(p.loc.double(), p.covariance().double())
+    b = torch.distributions.MultivariateNormal(q.loc.double(), q.covariance().double())
+    return float(torch.distributions.kl_divergence(a, b))
+
+
+def _sqrtm(m: torch.Tensor) -> torch.Tensor:
+    ev, V = torch.linalg.eigh(0.5 * (m + m.T))
+    return (V * ev.clamp_min(0).sqrt()) @ V.T
+
+
+def gaussian_w2(p: Posterior, q: Posterior) -> float:
+    """Weight-space 2-Wasserstein distance between the Gaussian forms of two posteriors."""
+    c1, c2 = p.covariance().double(), q.covariance().double()
+    r2 = _sqrtm(c2)
+    cross = _sqrtm(r2 @ c1 @ r2)
+    w2 = (p.loc.double() - q.loc.double()).pow(2).sum() + torch.trace(c1 + c2 - 2 * cross)
+    return float(w2.clamp_min(0).sqrt())
+
+
+def rmse(pred: Prediction, y: torch.Tensor) -> float:
+    """Root mean squared error of the predictive mean."""
+    return float(((pred.mean - y) ** 2).mean().sqrt())
+
+
+def nll(pred: Prediction, y: torch.Tensor) -> float:
+    """Mean negative log density of y under the moment-matched Gaussian predictive."""
+    return float(-torch.distributions.Normal(pred.mean.double(), pred.std.double()).log_prob(y.double()).mean())
