@@ -5,7 +5,7 @@ the removable region (1.5, 3.5) form D_f. Each method unlearns them and is score
 per-input predictive KL to ``retrain`` (same inference family) on D_f, D_r and the test grid, and
 its gap closed, 1 - d(method, retrain) / d(none, retrain) (see ``analysis.metrics``).
 
-    python -m analysis.region_study [--family laplace|meanfield|fullrank] [--methods a,b,c] [--seed N]
+    python -m analysis.region_study [--family laplace|meanfield|...] [--methods "a b:opt=1"] [--seed N]
 """
 
 from __future__ import annotations
@@ -24,7 +24,23 @@ from unlearning import unlearn
 
 from .metrics import gap_closed, gaussian_kl_1d
 
-FAMILY_OPTIONS = {"laplace": {"curvature": "ggn", "structure": "full"}, "meanfield": {}, "fullrank": {}}
+FAMILY_OPTIONS = {"laplace": {"curvature": "ggn", "structure": "full"},
+                  "laplace-diag": {"curvature": "ggn", "structure": "diag"},
+                  "laplace-last-layer": {"curvature": "ggn", "structure": "last-layer"},
+                  "meanfield": {}, "fullrank": {}}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'eubo-adjusted:quantile=0.5,lr=0.01' -> ('eubo-adjusted', {'quantile': 0.5, 'lr': 0.01})."""
+    name, _, rest = text.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return name, opts
 
 
 def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0, n: int = 300,
@@ -33,7 +49,7 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
     data = synthetic_1d(n=n, seed=seed)
     model = BayesianMLP(1, hidden, "tanh", prior_scale="fan_in", noise=0.1)
     t0 = time.perf_counter()
-    post = fit(model, data.x, data.y, family, seed=seed, progress=progress, **FAMILY_OPTIONS[family])
+    post = fit(model, data.x, data.y, family.split("-")[0], seed=seed, progress=progress, **FAMILY_OPTIONS[family])
     fit_time = time.perf_counter() - t0
     idx = forget_region(data.x, *data.region)
     xr, yr, xf, yf = split(data.x, data.y, idx)
@@ -44,16 +60,17 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
     methods = methods or ["none", "eubo", "eubo-adjusted", "rkl", "laplace-downdate", "laplace-refit", "psis",
                           "retrain-warm"]
     d_none = {}
-    for name in ["none"] + [m for m in methods if m != "none"]:
-        opts = (method_options or {}).get(name, {})
+    for label in ["none"] + [m for m in methods if m != "none"]:
+        name, opts = parse_variant(label)
+        opts = {**(method_options or {}).get(name, {}), **opts}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 res = unlearn(post, xf, yf, name, seed=seed, progress=progress, **opts)
             except Exception as e:  # a method that cannot run on this posterior is reported, not hidden
-                results.append({"method": name, "error": f"{type(e).__name__}: {e}"})
+                results.append({"method": label, "error": f"{type(e).__name__}: {e}"})
                 continue
-        row = {"method": name, "wall_time_s": res.wall_time_s, "warnings": list(res.warnings),
+        row = {"method": label, "options": opts, "wall_time_s": res.wall_time_s, "warnings": list(res.warnings),
                "diverged": res.diverged}
         for s, x in splits.items():
             p = predict(res.posterior, x, seed=seed)
@@ -77,20 +94,21 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="laplace", choices=sorted(FAMILY_OPTIONS))
-    ap.add_argument("--methods", default=None, help="comma-separated method names")
+    ap.add_argument("--methods", default=None,
+                    help="space-separated methods, each NAME or NAME:key=value,key=value")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the JSON here")
     args = ap.parse_args(argv)
-    out = run(args.family, args.methods.split(",") if args.methods else None, args.seed)
+    out = run(args.family, args.methods.split() if args.methods else None, args.seed)
     print(f"family {out['family']}: fit {out['fit_time_s']:.1f} s, retrain {out['retrain_time_s']:.1f} s, "
           f"{out['num_forget']} points forgotten")
-    print(f"{'method':<18}{'KL forget':>11}{'KL retain':>11}{'KL test':>11}{'gap f':>8}{'gap r':>8}{'gap t':>8}"
+    print(f"{'method':<34}{'KL forget':>11}{'KL retain':>11}{'KL test':>11}{'gap f':>8}{'gap r':>8}{'gap t':>8}"
           f"{'time s':>8}")
     for r in out["results"]:
         if "error" in r:
-            print(f"{r['method']:<18} error: {r['error'][:90]}")
+            print(f"{r['method']:<34} error: {r['error'][:90]}")
             continue
-        print(f"{r['method']:<18}{r['forget/predictive_kl']:>11.4g}{r['retain/predictive_kl']:>11.4g}"
+        print(f"{r['method']:<34}{r['forget/predictive_kl']:>11.4g}{r['retain/predictive_kl']:>11.4g}"
               f"{r['test/predictive_kl']:>11.4g}{r['forget/gap_closed']:>8.2f}{r['retain/gap_closed']:>8.2f}"
               f"{r['test/gap_closed']:>8.2f}{r['wall_time_s']:>8.1f}" + ("  DIVERGED" if r["diverged"] else ""))
     if args.out:

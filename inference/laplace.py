@@ -35,7 +35,8 @@ from .curvature import ggn, ggn_diagonal, hessian, prior_curvature, prior_curvat
 from .latent import BoundModel
 from .svi import optimise_elbo
 
-__all__ = ["NotPositiveDefiniteError", "find_map", "laplace_fields", "check_and_repair_precision"]
+__all__ = ["NotPositiveDefiniteError", "find_map", "laplace_fields", "check_and_repair_precision",
+           "check_and_repair_diagonal", "lbfgs_maximise"]
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -60,17 +61,7 @@ def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int =
         theta = guide.loc.detach().to(torch.float64).clone()
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
     if lbfgs_steps > 0:
-        theta = theta.requires_grad_(True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=lbfgs_steps, tolerance_grad=1e-9,
-                                tolerance_change=1e-12, history_size=50, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = -bound.log_joint(theta, x64, y64)
-            loss.backward()
-            return loss
-        opt.step(closure)
-        theta = theta.detach()
+        theta = lbfgs_maximise(lambda t: bound.log_joint(t, x64, y64), theta, lbfgs_steps)
         if not torch.isfinite(theta).all():
             raise RuntimeError("L-BFGS polishing of the MAP produced non-finite values; try lbfgs_steps=0")
     with torch.enable_grad():
@@ -79,6 +70,39 @@ def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int =
     report["grad_norm_at_map"] = float(grad.norm())
     report["wall_time_s"] = time.perf_counter() - t0
     return theta, report
+
+
+def lbfgs_maximise(objective, theta: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
+    """argmax of a scalar objective by float64 L-BFGS with strong-Wolfe line search, from θ."""
+    theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -objective(theta)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return theta.detach()
+
+
+def check_and_repair_diagonal(d: torch.Tensor, repair: str | None = None, floor: float | None = None,
+                              what: str = "diagonal precision") -> tuple[torch.Tensor, dict]:
+    """The diagonal-precision twin of :func:`check_and_repair_precision` (only 'clip' applies)."""
+    facts = {"min_eigenvalue": float(d.min()), "max_eigenvalue": float(d.max()),
+             "num_nonpositive": int((d <= 0).sum()), "repair": None}
+    if facts["num_nonpositive"] == 0:
+        return d, facts
+    if repair is None:
+        raise NotPositiveDefiniteError(
+            f"the {what} has {facts['num_nonpositive']} of {len(d)} entries <= 0 (smallest eigenvalue "
+            f"{facts['min_eigenvalue']:.4g}); pass repair='clip' to raise them to a floor, or use curvature='ggn'")
+    if repair not in ("clip", "damp"):
+        raise ValueError(f"repair must be None, 'clip' or 'damp', got {repair!r}")
+    floor = float(floor) if floor is not None else 1e-6 * float(d.abs().max())
+    facts["repair"] = {"kind": "clip", "floor": floor, "num_clipped": int((d < floor).sum())}
+    return d.clamp_min(floor), facts
 
 
 def check_and_repair_precision(prec: torch.Tensor, repair: str | None = None, floor: float | None = None,
@@ -125,14 +149,8 @@ def laplace_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: t
     facts: dict = {"curvature": curvature, "structure": structure}
     if structure == "diag":
         d = prior_curvature_diagonal(bound, x64, theta) + ggn_diagonal(bound, x64, theta)
-        if (d <= 0).any():
-            facts.update(min_eigenvalue=float(d.min()), num_nonpositive=int((d <= 0).sum()))
-            if repair is None:
-                raise NotPositiveDefiniteError(
-                    f"the diagonal precision has {facts['num_nonpositive']} non-positive entries (min "
-                    f"{float(d.min()):.4g}); pass repair='clip'")
-            d = d.clamp_min(floor if floor is not None else 1e-6 * float(d.abs().max()))
-            facts["repair"] = {"kind": "clip"}
+        d, pd = check_and_repair_diagonal(d, repair, floor)
+        facts.update(pd)
         facts["curvature_time_s"] = time.perf_counter() - t0
         return {"loc": theta, "scale": d.rsqrt()}, facts
     index = None

@@ -13,9 +13,11 @@ posterior and the family contains p(θ|D_r) (conjugate linear regression with a 
 Pitfall: for a neural net -log p(D_f|θ) grows without bound away from the data faster than
 log q(θ|D) falls, so the plain objective is unbounded below (measured in DESIGN.md: the loss ran to
 -7e7). Divergence is checked every 25 steps -- the mean of the last 25 losses falling more than
-``runaway`` × (|L₀| + |D_f|) below L₀, the mean of the first 10 losses, or a marginal std growing beyond ``max_scale_ratio``
-× its old value -- and then the fit stops, the last healthy snapshot is returned, the result is
-flagged ``diverged`` and the warning names the remedies (``eubo-adjusted``, ``rkl``).
+``runaway`` × (|L₀| + |D_f|) below L₀ (the mean of the first 10 losses), or a marginal std growing
+beyond ``max_scale_ratio`` × its old value -- and then the fit stops, the result is flagged
+``diverged`` and the warning names the remedies. On divergence the *old* posterior is
+returned unchanged (measured on the region-deletion BNN: snapshots taken before the runaway rule
+fired were already far worse than doing nothing, so no partial result is trustworthy).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from inference.posterior import Posterior
 from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
 from .base import ForgetSet, register
-from .objective import ForgetLikelihood, unlearning_model
+from .objective import ForgetLikelihood, embed_active, unlearning_model
 
 __all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
 
@@ -43,33 +45,30 @@ def guide_family_for(old: Posterior) -> str:
 
 def gaussian_fields(old: Posterior, family: str) -> dict[str, torch.Tensor]:
     """The old posterior expressed in the fields of ``family`` (for warm starts)."""
-    q = old.to_distribution()
+    q = old.to_active_distribution()
+    loc = old.loc if old.active is None else old.loc[old.active]
     if family == "meanfield":
-        return {"loc": old.loc, "scale": old.variance().sqrt()}
+        return {"loc": loc, "scale": q.variance.sqrt()}
     if family == "lowrank":
-        return {"loc": old.loc, "cov_factor": old.cov_factor, "cov_diag": old.cov_diag}
-    return {"loc": old.loc, "scale_tril": q.scale_tril}
+        return {"loc": loc, "cov_factor": old.cov_factor, "cov_diag": old.cov_diag}
+    return {"loc": loc, "scale_tril": q.scale_tril}
 
 
 def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, progress: bool = False,
                 num_steps: int = 4000, lr: float = 0.003, window: int = 200, max_plateaus: int = 6,
                 num_particles: int = 1, runaway: float = 10.0, max_scale_ratio: float = 100.0) -> dict:
     """Fit a guide of the old posterior's family to the unlearning model; detect divergence."""
-    if old.active is not None:
-        raise ValueError("guide re-fitting needs a posterior over all coordinates; this one is restricted to "
-                         "`active` coordinates (last-layer Laplace): use laplace-downdate instead")
     family = guide_family_for(old)
     model = unlearning_model(old, forget)
-    old_std = old.variance().sqrt()
+    old_std = old.to_active_distribution().variance.sqrt()
     k = len(forget.x_f)
     check_every = min(window, 25)  # divergence can set in within one convergence window
-    state: dict = {"first": None, "snapshot": None, "snapshot_loss": None, "reason": None}
+    state: dict = {"first": None, "reason": None}
     with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
         torch.manual_seed(seed)
         guide = make_guide(model, family, layout=None)
         guide()
         warm_start_guide(guide, family, gaussian_fields(old, family))
-        state["snapshot"] = guide_to_fields(guide, family)
         losses: list[float] = []
 
         def monitor(step: int, loss: float):
@@ -89,7 +88,6 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
                 state["reason"] = f"a posterior std grew {ratio:.3g}x beyond its old value"
             if state["reason"]:
                 return state["reason"]
-            state["snapshot"], state["snapshot_loss"] = fields, mean
             return None
 
         try:
@@ -99,18 +97,23 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         except DivergenceError as e:
             state["reason"] = str(e)
             rep = {"steps": len(losses), "losses": losses, "converged": False}
-        final = guide_to_fields(guide, family) if not state["reason"] else state["snapshot"]
+        final = guide_to_fields(guide, family) if not state["reason"] else gaussian_fields(old, family)
     warnings = []
     if state["reason"]:
-        warnings.append(f"diverged after {len(losses)} steps: {state['reason']}; returned the last healthy "
-                        "snapshot. The likelihood-subtracted objective is unbounded for this model: try "
-                        "method='eubo-adjusted' (bounded by the adjusted likelihood) or method='rkl'")
+        warnings.append(f"diverged after {len(losses)} steps: {state['reason']}; NOTHING WAS UNLEARNED: the old "
+                        "posterior is returned unchanged. The likelihood-subtracted objective is unbounded for this "
+                        "model: try method='laplace-downdate', or method='eubo-adjusted' with a smaller quantile")
     elif not rep["converged"]:
         warnings.append(f"the re-fit did not meet the convergence rule in {rep['steps']} steps")
-    post = Posterior(structure=_STRUCTURE[family], family=old.family, layout=old.layout,
-                     meta={"fit": old.meta.get("fit"), "guide_family": family}, **final)
+    final = dict(final)
+    loc = final.pop("loc")
+    if old.active is not None:  # the guide lived on the active coordinates: put its mean back in place
+        loc = embed_active(old)(loc.detach())
+    post = Posterior(loc=loc, structure=_STRUCTURE[family], family=old.family, layout=old.layout, active=old.active,
+                     meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature"),
+                           "guide_family": family}, **final)
     return {"posterior": post, "steps": len(losses), "warnings": warnings, "diverged": bool(state["reason"]),
-            "final_objective": (state["snapshot_loss"] if state["reason"] else losses[-1]) if losses else None,
+            "final_objective": None if state["reason"] or not losses else losses[-1],
             "losses": losses}
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from inference.curvature import ggn, ggn_diagonal, hessian
-from inference.laplace import check_and_repair_precision
+from inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
 from inference.posterior import Posterior
 
 from .base import ForgetSet, register
@@ -79,17 +79,7 @@ def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: 
     g, H = forget_curvature(old, fs, theta, kind, curvature)
     warnings: list[str] = []
     if kind == "diag":
-        d = prec - H
-        facts = {"min_eigenvalue": float(d.min()), "num_nonpositive": int((d <= 0).sum()), "repair": None}
-        if facts["num_nonpositive"]:
-            if repair is None:
-                from inference.laplace import NotPositiveDefiniteError
-                raise NotPositiveDefiniteError(
-                    f"the down-dated diagonal precision has {facts['num_nonpositive']} non-positive entries "
-                    f"(smallest {facts['min_eigenvalue']:.4g}); pass repair='clip'")
-            fl = floor if floor is not None else 1e-6 * float(d.abs().max())
-            facts["repair"] = {"kind": "clip", "floor": fl, "num_clipped": facts["num_nonpositive"]}
-            d = d.clamp_min(fl)
+        d, facts = check_and_repair_diagonal(prec - H, repair, floor, what="down-dated diagonal precision")
         step = -g / d
         fields = {"scale": d.rsqrt().to(old.loc.dtype)}
         structure = "diag"
@@ -124,7 +114,7 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
     from pyro.infer.autoguide import AutoLaplaceApproximation
     from pyro.infer.autoguide.initialization import init_to_value
 
-    from inference.svi import optimise_elbo
+    from inference.svi import DivergenceError, optimise_elbo
 
     from .objective import ForgetLikelihood, unlearning_model
 
@@ -137,27 +127,25 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
         torch.manual_seed(seed)
         model = unlearning_model(old, forget)
         guide = AutoLaplaceApproximation(model, init_loc_fn=init_to_value(values={"theta": old.loc.detach()}))
-        rep = optimise_elbo(model, guide, (), num_steps=num_steps, lr=lr, window=50, max_plateaus=3,
-                            progress=progress, desc="unlearn (Laplace MAP)")
-        theta = guide.loc.detach().to(torch.float64).clone()
+        try:
+            rep = optimise_elbo(model, guide, (), num_steps=num_steps, lr=lr, window=50, max_plateaus=3,
+                                progress=progress, desc="unlearn (Laplace MAP)")
+            theta = guide.loc.detach().to(torch.float64).clone()
+        except DivergenceError:  # handled below as a mode that ran off
+            rep = {"steps": num_steps}
+            theta = torch.full_like(old.loc, float("nan"), dtype=torch.float64)
     q = old.to_distribution()
     # the polish runs in float64 throughout (a float32 forget set would cap its accuracy at ~1e-5)
     forget64 = ForgetLikelihood(old.bound_model(), fs.x_forget.double(), fs.y_forget.double())
     objective = lambda t: q.log_prob(t.to(old.loc.dtype)).to(torch.float64) - forget64(t)  # noqa: E731
-    if lbfgs_steps:
-        theta.requires_grad_(True)
-        opt = torch.optim.LBFGS([theta], max_iter=lbfgs_steps, tolerance_grad=1e-9, tolerance_change=1e-12,
-                                history_size=50, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = -objective(theta)
-            loss.backward()
-            return loss
-        opt.step(closure)
-        theta = theta.detach()
+    if lbfgs_steps and torch.isfinite(theta).all():
+        try:
+            theta = lbfgs_maximise(objective, theta, lbfgs_steps)
+        except (ValueError, RuntimeError):  # the objective left its domain: treated as running away below
+            theta = torch.full_like(theta, float("nan"))
     diff = theta - old.loc.to(torch.float64)
-    r = float((diff @ (prec @ diff if kind == "dense" else prec * diff)).sqrt())
+    r = float((diff @ (prec @ diff if kind == "dense" else prec * diff)).sqrt()) if torch.isfinite(diff).all() \
+        else float("inf")
     limit = max_distance if max_distance is not None else 10.0 * (old.dim ** 0.5 + 3.0)
     diverged = (not torch.isfinite(theta).all()) or r > limit
     if diverged:
@@ -167,14 +155,8 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
         theta = old.loc.to(torch.float64)
     g, H = forget_curvature(old, fs, theta, kind, curv)
     if kind == "diag":
-        d = prec - H
-        if (d <= 0).any():
-            if repair is None:
-                from inference.laplace import NotPositiveDefiniteError
-                raise NotPositiveDefiniteError(f"the re-fitted diagonal precision has {int((d <= 0).sum())} "
-                                               "non-positive entries; pass repair='clip'")
-            d = d.clamp_min(floor if floor is not None else 1e-6 * float(d.abs().max()))
-        fields, structure, facts = {"scale": d.rsqrt().to(old.loc.dtype)}, "diag", {"min_eigenvalue": float(d.min())}
+        d, facts = check_and_repair_diagonal(prec - H, repair, floor, what="re-fitted diagonal precision")
+        fields, structure = {"scale": d.rsqrt().to(old.loc.dtype)}, "diag"
         theta = theta.to(old.loc.dtype)
     else:
         prec_u, facts = check_and_repair_precision(prec - H, repair, floor, what="re-fitted precision")

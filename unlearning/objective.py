@@ -42,7 +42,7 @@ import torch
 from inference.latent import BoundModel
 from inference.posterior import Posterior
 
-__all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution"]
+__all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution", "embed_active"]
 
 
 def lambda_from_quantile(d: int, quantile: float) -> float:
@@ -69,6 +69,7 @@ class ForgetLikelihood:
     def __init__(self, bound: BoundModel, x_f: torch.Tensor, y_f: torch.Tensor, old: Posterior | None = None,
                  lam: float | None = None, quantile: float | None = None):
         self.offset = 0.0
+        self.active = None
         if lam is not None and quantile is not None:
             raise ValueError("give either lam or quantile for the adjusted likelihood, not both")
         self.bound, self.x_f, self.y_f = bound, x_f, y_f
@@ -78,16 +79,21 @@ class ForgetLikelihood:
                 raise ValueError(f"lam must lie in [0, 1], got {lam}")
             self.log_lam = None if lam == 0.0 else math.log(lam)
         elif quantile is not None:
-            self.log_lam = lambda_from_quantile(bound.layout.dim, quantile)
+            if old is None:
+                raise ValueError("the adjusted likelihood needs the old posterior")
+            k = bound.layout.dim if old.active is None else len(old.active)
+            self.log_lam = lambda_from_quantile(k, quantile)
         if self.log_lam is not None:
             if old is None:
                 raise ValueError("the adjusted likelihood needs the old posterior")
-            self.q = old.to_distribution() if old.active is None else None
-            if self.q is None:
-                raise ValueError("the adjusted likelihood needs a posterior without `active` restriction")
-            self.log_q_max = float(self.q.log_prob(old.loc))
+            self.q = old.to_active_distribution()  # over the active coordinates (all, usually)
+            self.active = old.active
+            self.log_q_max = float(self.q.log_prob(self._act(old.loc)))
             with torch.no_grad():
                 self.offset = float(self.per_point(old.loc).sum())
+
+    def _act(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta if self.active is None else theta[..., self.active]
 
     @property
     def adjusted(self) -> bool:
@@ -103,7 +109,7 @@ class ForgetLikelihood:
         if not self.adjusted:
             return torch.ones(theta.shape[:-1], dtype=theta.dtype)
         with torch.no_grad():
-            return (self.q.log_prob(theta) - self.log_q_max > self.log_lam).to(theta.dtype)
+            return (self.q.log_prob(self._act(theta)) - self.log_q_max > self.log_lam).to(theta.dtype)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """log p_adj(D_f | θ): scalar for θ [d], [S] for θ [S, d]."""
@@ -112,9 +118,22 @@ class ForgetLikelihood:
         return (self.per_point(theta).sum(-1) - self.offset) * self.mask(theta)
 
 
+def embed_active(old: Posterior):
+    """θ_a ↦ θ: the active coordinates placed into the old mean (identity without ``active``)."""
+    if old.active is None:
+        return lambda theta: theta
+    loc, idx = old.loc, old.active
+
+    def embed(theta_a: torch.Tensor) -> torch.Tensor:
+        full = loc.to(theta_a.dtype).expand(theta_a.shape[:-1] + loc.shape).clone()
+        full[..., idx] = theta_a
+        return full
+    return embed
+
+
 def prior_distribution(old: Posterior) -> torch.distributions.Distribution:
-    """q(θ | D) as a Pyro distribution over the flat θ (event dim 1)."""
-    q = old.to_distribution()
+    """q(θ | D) as a Pyro distribution over the flat θ (its active coordinates; event dim 1)."""
+    q = old.to_active_distribution()
     if isinstance(q, torch.distributions.Independent):
         return dist.Normal(q.base_dist.loc, q.base_dist.scale).to_event(1)
     if isinstance(q, torch.distributions.LowRankMultivariateNormal):
@@ -123,11 +142,15 @@ def prior_distribution(old: Posterior) -> torch.distributions.Distribution:
 
 
 def unlearning_model(old: Posterior, forget: ForgetLikelihood):
-    """The Pyro program  θ ~ q(θ|D); factor(-log p_adj(D_f|θ))  over one flat site ``theta``."""
+    """The Pyro program  θ ~ q(θ|D); factor(-log p_adj(D_f|θ))  over one flat site ``theta``.
+
+    For a posterior restricted to ``active`` coordinates the site holds those only; the others stay
+    at the old mean."""
     prior = prior_distribution(old)
+    embed = embed_active(old)
 
     def model(*_):
         theta = pyro.sample("theta", prior)
-        pyro.factor("forget", -forget(theta))
+        pyro.factor("forget", -forget(embed(theta)))
         return theta
     return model

@@ -67,9 +67,7 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
         lam: float | None = None, quantile: float | None = None, rank: int | None = None) -> dict:
     if lam is None and quantile is None:
         quantile = 0.99
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget, old=old if old.active is None else None,
-                              lam=lam if old.active is None else None,
-                              quantile=quantile if old.active is None else None)
+    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
     theta, _, log_w = importance_draws(old, forget, num_samples, seed)
     w, mu, cov = weighted_moments(theta, log_w)
     dtype = old.loc.dtype
