@@ -1,0 +1,69 @@
+"""Metrics against hand-computed values, and the region-deletion study on a tiny BNN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from analysis.metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d
+from analysis.region_study import parse_variant, run
+from inference.latent import LatentLayout, LatentSite
+from inference.posterior import Posterior
+from pyro.distributions import constraints
+
+
+def test_kl_and_w2_of_known_gaussians():
+    # KL(N(0,1) || N(1,2²)) = log 2 + (1 + 1)/8 - 1/2 = log 2 - 1/4, by hand
+    kl = gaussian_kl_1d(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(1.0), torch.tensor(2.0))
+    assert float(kl) == pytest.approx(math.log(2) - 0.25, abs=1e-7)
+    # W2 between N(0,1) and N(3, 5²) = sqrt(3² + 4²) = 5
+    w2 = gaussian_w2_1d(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(3.0), torch.tensor(5.0))
+    assert float(w2) == pytest.approx(5.0, abs=1e-7)
+
+
+def test_weight_space_kl_and_w2_against_closed_forms():
+    layout = LatentLayout((LatentSite("theta", (2,), (2,), constraints.real_vector),))
+    p = Posterior(loc=torch.zeros(2, dtype=torch.float64), structure="diag", layout=layout, family="x",
+                  scale=torch.tensor([1.0, 2.0], dtype=torch.float64))
+    q = Posterior(loc=torch.tensor([1.0, 0.0], dtype=torch.float64), structure="diag", layout=layout, family="x",
+                  scale=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    # independent coordinates: KL adds up; coordinate 1: 1/2 (mean shift 1, equal scales);
+    # coordinate 2: log(1/2) + 4/2 - 1/2 = 1.5 - log 2
+    assert gaussian_kl(p, q) == pytest.approx(0.5 + 1.5 - math.log(2), abs=1e-12)
+    # W2² = |Δμ|² + Σ (s1 - s2)² for diagonal Gaussians = 1 + 1
+    assert gaussian_w2(p, q) == pytest.approx(math.sqrt(2.0), abs=1e-9)
+    assert gaussian_kl(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gap_closed_definition():
+    assert gap_closed(0.0, 2.0) == 1.0          # as good as retraining
+    assert gap_closed(2.0, 2.0) == 0.0          # no better than doing nothing
+    assert gap_closed(3.0, 2.0) == -0.5         # worse than doing nothing
+    assert math.isnan(gap_closed(1.0, 0.0))     # undefined when nothing needed doing
+
+
+def test_parse_variant():
+    assert parse_variant("eubo-adjusted:quantile=0.5,lr=0.01") == ("eubo-adjusted", {"quantile": 0.5, "lr": 0.01})
+    assert parse_variant("laplace-downdate:mean=keep") == ("laplace-downdate", {"mean": "keep"})
+    assert parse_variant("none") == ("none", {})
+
+
+def test_region_study_on_a_tiny_bnn_every_method_finite():
+    """Every method runs on a BNN region deletion and returns finite numbers; gap closed is 0 for
+    `none`, 1 - d/d_none for the rest, and `retrain` with the same seed as the reference is 1."""
+    out = run("laplace", ["none", "eubo", "eubo-adjusted", "rkl", "laplace-downdate", "laplace-refit", "psis",
+                          "retrain-warm"], seed=0, n=60, hidden=(6,),
+              method_options={"eubo": {"num_steps": 300}, "eubo-adjusted": {"num_steps": 300}})
+    rows = {r["method"]: r for r in out["results"]}
+    assert set(rows) == {"none", "eubo", "eubo-adjusted", "rkl", "laplace-downdate", "laplace-refit", "psis",
+                         "retrain-warm"}
+    for name, r in rows.items():
+        assert "error" not in r, (name, r.get("error"))
+        for split in ("forget", "retain", "test"):
+            assert math.isfinite(r[f"{split}/predictive_kl"]), (name, split)
+            d_none = rows["none"][f"{split}/predictive_kl"]
+            assert r[f"{split}/gap_closed"] == pytest.approx(1 - r[f"{split}/predictive_kl"] / d_none)
+    assert all(rows["none"][f"{s}/gap_closed"] == 0.0 for s in ("forget", "retain", "test"))
+    assert out["num_forget"] > 0
