@@ -67,3 +67,15 @@ def test_region_study_on_a_tiny_bnn_every_method_finite():
             assert r[f"{split}/gap_closed"] == pytest.approx(1 - r[f"{split}/predictive_kl"] / d_none)
     assert all(rows["none"][f"{s}/gap_closed"] == 0.0 for s in ("forget", "retain", "test"))
     assert out["num_forget"] > 0
+
+
+def test_cli_help_lists_the_subcommands(capsys):
+    from analysis.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "methods", "region-study"):
+        assert cmd in out
+    assert main([]) == 2  # no sub-command: help and a usage exit code
