@@ -36,22 +36,15 @@ FORGET_IDX = torch.arange(0, 100, 5)
 # fixtures
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def blr():
-    """Conjugate BLR with 100 points, forget every 5th; the exact posterior on the other 80."""
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(100, 3, generator=g)
-    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 + 0.1 * torch.randn(100, generator=g)
-    model = BayesianLinearRegression(3, prior_scale=1.0, noise=0.1)
-    xr, yr, xf, yf = split(X, y, FORGET_IDX)
-    mean, cov = model.exact_posterior(xr, yr)
-    return {"model": model, "X": X, "y": y, "xr": xr, "yr": yr, "xf": xf, "yf": yf,
-            "exact": MultivariateNormal(mean, cov), "exact_full": MultivariateNormal(*model.exact_posterior(X, y))}
+def blr(blr_problem):
+    """Conjugate BLR with 100 points, forget every 5th; the exact posterior on the other 80 (conftest)."""
+    return blr_problem
 
 
 @pytest.fixture(scope="module")
-def post(blr):
+def post(blr_problem):
     """The exact posterior on all 100 points (a Laplace fit is exact for this model)."""
-    return fit(blr["model"], blr["X"], blr["y"], "laplace", progress=False)
+    return blr_problem["post"]
 
 
 def kl_to(q, target: MultivariateNormal) -> float:
