@@ -71,7 +71,7 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
                 results.append({"method": label, "error": f"{type(e).__name__}: {e}"})
                 continue
         row = {"method": label, "options": opts, "wall_time_s": res.wall_time_s, "warnings": list(res.warnings),
-               "diverged": res.diverged}
+               "diverged": res.diverged, "diagnostics": res.diagnostics}
         for s, x in splits.items():
             p = predict(res.posterior, x, seed=seed)
             r = ref_pred[s]
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['test/gap_closed']:>8.2f}{r['wall_time_s']:>8.1f}" + ("  DIVERGED" if r["diverged"] else ""))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(out, f, indent=2, default=str)
     return 0
 
 
