@@ -22,7 +22,7 @@ from models import BayesianMLP
 from models.datasets import forget_region, split, synthetic_1d
 from unlearning import unlearn
 
-from .metrics import gap_closed, gaussian_kl_1d
+from .metrics import gap_closed, gaussian_kl_1d, rmse
 
 FAMILY_OPTIONS = {"laplace": {"curvature": "ggn", "structure": "full"},
                   "laplace-diag": {"curvature": "ggn", "structure": "diag"},
@@ -54,6 +54,7 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
     idx = forget_region(data.x, *data.region)
     xr, yr, xf, yf = split(data.x, data.y, idx)
     splits = {"forget": xf, "retain": xr, "test": data.x_grid}
+    rmse_sets = {"forget": (xf, yf), "retain": (xr, yr), "test": (data.x_test, data.y_test)}
     results = []
     ref = unlearn(post, xf, yf, "retrain", seed=seed + 1, progress=progress)
     ref_pred = {s: predict(ref.posterior, x, seed=seed) for s, x in splits.items()}
@@ -83,6 +84,10 @@ def run(family: str = "laplace", methods: list[str] | None = None, seed: int = 0
             if s == "test":
                 in_region = (x[:, 0] >= data.region[0]) & (x[:, 0] <= data.region[1])
                 row["region/predictive_std"] = float(p.std[in_region].mean())
+        for s, (x, y) in rmse_sets.items():
+            row[f"{s}/rmse"] = rmse(predict(res.posterior, x, seed=seed), y)
+        # weight-space distance of the means (a weak signal for nets: modes and symmetries differ)
+        row["mean_distance_to_retrain"] = float((res.posterior.loc.double() - ref.posterior.loc.double()).norm())
         results.append(row)
     return {"family": family, "seed": seed, "n": n, "num_forget": len(idx), "fit_time_s": fit_time,
             "retrain_time_s": ref.wall_time_s,
@@ -103,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"family {out['family']}: fit {out['fit_time_s']:.1f} s, retrain {out['retrain_time_s']:.1f} s, "
           f"{out['num_forget']} points forgotten")
     print(f"{'method':<34}{'KL forget':>11}{'KL retain':>11}{'KL test':>11}{'gap f':>8}{'gap r':>8}{'gap t':>8}"
-          f"{'time s':>8}")
+          f"{'time s':>8}{'RMSE f':>8}{'RMSE r':>8}{'RMSE t':>8}{'|mu-mu_rt|':>11}")
     for r in out["results"]:
         if "error" in r:
             print(f"{r['method']:<34} error: {r['error'][:90]}")
             continue
         print(f"{r['method']:<34}{r['forget/predictive_kl']:>11.4g}{r['retain/predictive_kl']:>11.4g}"
               f"{r['test/predictive_kl']:>11.4g}{r['forget/gap_closed']:>8.2f}{r['retain/gap_closed']:>8.2f}"
-              f"{r['test/gap_closed']:>8.2f}{r['wall_time_s']:>8.1f}" + ("  DIVERGED" if r["diverged"] else ""))
+              f"{r['test/gap_closed']:>8.2f}{r['wall_time_s']:>8.1f}{r['forget/rmse']:>8.3f}{r['retain/rmse']:>8.3f}"
+              f"{r['test/rmse']:>8.3f}{r['mean_distance_to_retrain']:>11.3f}" + ("  DIVERGED" if r["diverged"] else ""))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2, default=str)

@@ -63,6 +63,7 @@ def test_region_study_on_a_tiny_bnn_every_method_finite():
         assert "error" not in r, (name, r.get("error"))
         for split in ("forget", "retain", "test"):
             assert math.isfinite(r[f"{split}/predictive_kl"]), (name, split)
+            assert math.isfinite(r[f"{split}/rmse"]), (name, split)
             d_none = rows["none"][f"{split}/predictive_kl"]
             assert r[f"{split}/gap_closed"] == pytest.approx(1 - r[f"{split}/predictive_kl"] / d_none)
     assert all(rows["none"][f"{s}/gap_closed"] == 0.0 for s in ("forget", "retain", "test"))
