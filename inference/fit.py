@@ -61,7 +61,8 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     method : one of :data:`METHODS`.
     seed : every random choice is derived from it; the global torch RNG is left untouched.
     progress : show tqdm progress bars.
-    init : warm start from an existing posterior of the same family (used by ``retrain-warm``).
+    init : warm start from an existing posterior of the same family (used by ``retrain-warm``);
+        ignored by NUTS, with a warning in ``meta['warnings']``.
     **options : method options, e.g. ``num_steps``, ``lr`` (SVI); ``curvature='exact'|'ggn'``,
         ``structure='full'|'diag'|'last-layer'``, ``repair=None|'clip'|'damp'`` (Laplace);
         ``num_samples``, ``warmup_steps``, ``num_chains`` (NUTS). Unknown options raise.
@@ -116,6 +117,8 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
         return Posterior(structure=structure, family=method, layout=bound.layout, model=model, x=x, y=y,
                          meta=meta, **fields)
 
+    if init is not None:
+        meta["warnings"].append("init was ignored: NUTS starts from its own initialisation and adaptation")
     draws, report = run_nuts(bound, x, y, seed=seed, progress=progress, **options)
     meta["diagnostics"] = report["diagnostics"]
     meta["report"] = {"wall_time_s": report["wall_time_s"]}
