@@ -28,7 +28,7 @@ from typing import Callable
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoLowRankMultivariateNormal, AutoMultivariateNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim.clipped_adam import ClippedAdam

@@ -11,7 +11,6 @@ import torch
 
 from inference import fit
 from models.datasets import forget_region, split, synthetic_1d
-from models.linear import BayesianLinearRegression
 from models.mlp import BayesianMLP
 from unlearning import describe_methods, unlearn, unlearn_sequential
 from unlearning.cubic import cubic_model, cubic_step, cubic_step_hvp

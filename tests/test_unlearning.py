@@ -21,7 +21,6 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from analysis.cli import main as cli_main
 from inference import fit
 from models.datasets import forget_region, split, synthetic_1d
-from models.linear import BayesianLinearRegression
 from models.mlp import BayesianMLP
 from unlearning import UnlearningResult, describe_methods, unlearn, unlearn_sequential
 from unlearning.objective import ForgetLikelihood

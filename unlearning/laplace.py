@@ -64,6 +64,21 @@ def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, kind: s
     return g, H
 
 
+def downdate(prec: torch.Tensor, H_f: torch.Tensor, kind: str, repair: str | None, floor: float | None,
+             what: str = "down-dated") -> tuple[torch.Tensor, dict]:
+    """Λ − H_f (dense, or diagonal for kind 'diag'), checked and repaired only on request."""
+    if kind == "diag":
+        return check_and_repair_diagonal(prec - H_f, repair, floor, what=f"{what} diagonal precision")
+    return check_and_repair_precision(prec - H_f, repair, floor, what=f"{what} precision")
+
+
+def precision_fields(prec: torch.Tensor, kind: str, dtype: torch.dtype) -> tuple[dict, str]:
+    """Posterior fields and structure for a precision (a diagonal is stored as float ``dtype`` scales)."""
+    if kind == "diag":
+        return {"scale": prec.rsqrt().to(dtype)}, "diag"
+    return {"precision": prec}, "precision"
+
+
 @register("laplace-downdate", "Λ_r = Λ - H_f and one Newton step for the mean (exact Hessian or GGN, "
           "as the posterior was built)")
 def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
@@ -78,16 +93,9 @@ def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: 
     theta = old.loc.to(torch.float64)
     g, H = forget_curvature(old, fs, theta, kind, curvature)
     warnings: list[str] = []
-    if kind == "diag":
-        d, facts = check_and_repair_diagonal(prec - H, repair, floor, what="down-dated diagonal precision")
-        step = -g / d
-        fields = {"scale": d.rsqrt().to(old.loc.dtype)}
-        structure = "diag"
-    else:
-        prec_r, facts = check_and_repair_precision(prec - H, repair, floor, what="down-dated precision")
-        step = -torch.linalg.solve(prec_r, g)
-        fields = {"precision": prec_r}
-        structure = "precision"
+    prec_r, facts = downdate(prec, H, kind, repair, floor)
+    step = -g / prec_r if kind == "diag" else -torch.linalg.solve(prec_r, g)
+    fields, structure = precision_fields(prec_r, kind, old.loc.dtype)
     loc = theta.clone()
     if mean == "newton":
         if old.active is None:
@@ -154,13 +162,10 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
                         "returned with the down-dated precision. Try laplace-downdate, eubo-adjusted or rkl")
         theta = old.loc.to(torch.float64)
     g, H = forget_curvature(old, fs, theta, kind, curv)
+    prec_u, facts = downdate(prec, H, kind, repair, floor, what="re-fitted")
+    fields, structure = precision_fields(prec_u, kind, old.loc.dtype)
     if kind == "diag":
-        d, facts = check_and_repair_diagonal(prec - H, repair, floor, what="re-fitted diagonal precision")
-        fields, structure = {"scale": d.rsqrt().to(old.loc.dtype)}, "diag"
         theta = theta.to(old.loc.dtype)
-    else:
-        prec_u, facts = check_and_repair_precision(prec - H, repair, floor, what="re-fitted precision")
-        fields, structure = {"precision": prec_u}, "precision"
     facts["mahalanobis_shift"] = r
     post = Posterior(loc=theta, structure=structure, family=old.family, layout=old.layout,
                      meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}},

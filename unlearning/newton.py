@@ -44,13 +44,12 @@ import math
 
 import torch
 
-from inference.laplace import check_and_repair_diagonal, check_and_repair_precision
 from inference.posterior import Posterior
 
 from .base import ForgetSet, register
 from .cubic import (conjugate_gradient, cubic_model, cubic_step, cubic_step_hvp, estimate_hessian_lipschitz,
                     lanczos_extreme)
-from .laplace import forget_curvature, old_precision
+from .laplace import downdate, forget_curvature, old_precision, precision_fields
 
 __all__ = ["retained_loss", "retained_curvature", "retained_hvp", "posterior_after_step", "damped_step", "pinv_step"]
 
@@ -130,13 +129,10 @@ def posterior_after_step(old: Posterior, fs: ForgetSet, step: torch.Tensor, fact
                          samples=samples, log_weights=old.log_weights, active=old.active, meta=meta)
     prec, kind, curv = old_precision(old)
     _, H_f = forget_curvature(old, fs, theta, kind, curv)
+    p, cf = downdate(prec, H_f, kind, "clip", None)
+    fields, structure = precision_fields(p, kind, old.loc.dtype)
     if kind == "diag":
-        d, cf = check_and_repair_diagonal(prec - H_f, "clip", None, what="down-dated diagonal precision")
-        fields, structure = {"scale": d.rsqrt().to(old.loc.dtype)}, "diag"
         loc = loc.to(old.loc.dtype)
-    else:
-        p, cf = check_and_repair_precision(prec - H_f, "clip", None, what="down-dated precision")
-        fields, structure = {"precision": p}, "precision"
     if cf.get("repair"):
         facts["covariance"] = f"laplace-downdate ({curv}), repaired by eigenvalue clipping"
         warnings.append(f"the down-dated precision was not positive definite and was repaired: {cf['repair']}")
