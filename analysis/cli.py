@@ -1,15 +1,18 @@
 """The ``bayes-unlearn`` command line.
 
-Sub-commands: ``demo`` (fit and predict on the synthetic 1-D set), ``methods`` (list the
-registered inference and unlearning methods) and ``region-study`` (the BNN region deletion against
-retraining, ``analysis.region_study``). Configurable experiment runs (``run``) come with the
-analysis issue.
+Sub-commands: ``run`` (a whole unlearning experiment from a TOML config into a results folder,
+``analysis.experiment``), ``methods`` (list the registered inference and unlearning methods),
+``pitfalls`` (the pitfalls study, ``analysis.pitfalls``), ``demo`` (fit and predict on the
+synthetic 1-D set) and ``region-study`` (the BNN region deletion
+against retraining, ``analysis.region_study``). Every sub-command has ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -26,6 +29,32 @@ def _methods(args: argparse.Namespace) -> int:
     for name, text in describe_methods().items():
         print(f"  {name:<18} {text}")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, quick=args.quick, seed=args.seed)
+        from .experiment import run_experiment
+
+        out = args.out or f"results/{'quick' if args.quick else 'default'}-seed{cfg['seed']}"
+        t0 = time.perf_counter()
+        doc = run_experiment(cfg, out, progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"bayes-unlearn run: bad config: {e}", file=sys.stderr)
+        return 2
+    failed = [r["method"] for r in doc["results"] if r.get("error")]
+    print(f"done in {time.perf_counter() - t0:.0f} s: {len(doc['results'])} methods, "
+          f"{doc['request']['num_forget']} points forgotten" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
+
+
+def _pitfalls(args: argparse.Namespace) -> int:
+    from .pitfalls import main as pitfalls_main
+
+    return pitfalls_main(args.args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -49,10 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayes-unlearn",
                                  description="Bayesian machine unlearning of neural regression models (Pyro).")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("run", help="run an unlearning experiment against exact retraining into a results folder",
+                       description="Fit a posterior, remove the forget set with every configured unlearning "
+                       "method, compare each with exact retraining and write metrics.json/csv, report.md, "
+                       "figures, ArviZ netCDF posteriors, config.toml and environment.json. Without --config: "
+                       "the 1-D BNN with a deleted input region and every registered method.")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="TOML file with the settings that differ from the default (see README)")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<default|quick>-seedN)")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--quick", action="store_true", help="a smaller, shorter run (under a minute)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_run)
     p = sub.add_parser("demo", help="fit a Bayesian MLP on synthetic 1-D data and print predictions")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("pitfalls", add_help=False, help="the pitfalls study (λ sweep, indefinite down-dates, region "
+                       "vs random deletion, deletion fraction); `bayes-unlearn pitfalls --help` for its options")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_pitfalls)
     p = sub.add_parser("methods", help="list the registered inference (and unlearning) methods")
     p.set_defaults(func=_methods)
     from .region_study import FAMILY_OPTIONS

@@ -22,7 +22,7 @@ from .laplace import find_map, laplace_fields
 from .latent import BoundModel
 from .nuts import run_nuts
 from .posterior import Posterior
-from .svi import GUIDES, STRUCTURE_OF, fit_svi_fields
+from .svi import DEFAULT_ELBO, GUIDES, STRUCTURE_OF, fit_svi_fields
 
 __all__ = ["fit", "METHODS"]
 
@@ -34,9 +34,10 @@ METHODS = {
     "nuts": "NUTS reference draws (pyro.infer.MCMC), R-hat and ESS from ArviZ",
 }
 _SVI_OPTS = {"num_steps", "lr", "num_particles", "clip_norm", "window", "max_plateaus", "min_steps",
-             "init_scale", "rank"}
-_LAPLACE_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm",
-                 "curvature", "structure", "subset", "repair", "floor"}
+             "init_scale", "rank", "elbo", "batch_size"}
+_MAP_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm", "elbo",
+             "batch_size"}
+_LAPLACE_OPTS = _MAP_OPTS | {"curvature", "structure", "subset", "repair", "floor"}
 _NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
 ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
                    "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
@@ -63,7 +64,8 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     progress : show tqdm progress bars.
     init : warm start from an existing posterior of the same family (used by ``retrain-warm``);
         ignored by NUTS, with a warning in ``meta['warnings']``.
-    **options : method options, e.g. ``num_steps``, ``lr`` (SVI); ``curvature='exact'|'ggn'``,
+    **options : method options, e.g. ``num_steps``, ``lr``, ``elbo='direct'|'trace'``, ``batch_size``
+        (SVI and the MAP phase of Laplace; see inference.svi); ``curvature='exact'|'ggn'``,
         ``structure='full'|'diag'|'last-layer'``, ``repair=None|'clip'|'damp'`` (Laplace);
         ``num_samples``, ``warmup_steps``, ``num_chains`` (NUTS). Unknown options raise.
 
@@ -94,7 +96,9 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                            if getattr(init, k) is not None}
         fields, report = fit_svi_fields(bound, x, y, method, seed=seed, progress=progress,
                                         init_fields=init_fields, **options)
-        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s")}
+        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "elbo", "batch_size")}
+        if "jit" in report:
+            meta["report"]["jit"] = report["jit"]
         meta["losses"] = report["losses"]
         if not report["converged"]:
             meta["warnings"].append(f"SVI did not meet the convergence rule in {report['steps']} steps")
@@ -102,13 +106,16 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                          x=x, y=y, meta=meta, **fields)
 
     if method == "laplace":
-        map_opts = {k: v for k, v in options.items()
-                    if k in {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm"}}
+        map_opts = {k: v for k, v in options.items() if k in _MAP_OPTS}
+        # the MAP's SVI phase: direct ELBO on the model's log joint by default (inference.svi)
+        map_opts.setdefault("elbo", DEFAULT_ELBO)
+        map_opts.update(bound_model=bound, batch_seed=seed)
         curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
         theta, report = find_map(bound, x, y, seed=seed, progress=progress,
                                  init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
         fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
-        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map")}
+        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map", "elbo",
+                                                 "batch_size")}
         meta["losses"] = report["losses"]
         meta["curvature"] = facts
         if facts.get("repair"):

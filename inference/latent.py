@@ -298,12 +298,11 @@ class BoundModel:
     def predictive_moments(self, theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of y_i | θ at each input: ([N], [N]) for θ [d], ([S, N], [S, N]) for [S, d]."""
         if theta.dim() == 2:
-            means, variances = [], []
-            for t in theta:
-                m, v = self.predictive_moments(t, x)
-                means.append(m)
-                variances.append(v)
-            return torch.stack(means), torch.stack(variances)
+            try:  # one vectorised pass over the draws (a Python loop of traces costs ~10x more)
+                return torch.func.vmap(lambda t: self.predictive_moments(t, x))(theta)
+            except Exception:  # models with data-dependent Python control flow: fall back to a loop
+                moments = [self.predictive_moments(t, x) for t in theta]
+                return torch.stack([m for m, _ in moments]), torch.stack([v for _, v in moments])
         fn = self.observation(theta, x)
         return fn.mean.reshape(len(x)), fn.variance.reshape(len(x))
 

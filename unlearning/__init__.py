@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import eubo, laplace, reference, reweighting, newton, lcodec  # noqa: F401  (register the methods)
 from .api import unlearn, unlearn_sequential
-from .base import REGISTRY, UnlearningResult, describe_methods, locate_forget_set
+from .base import REGISTRY, UnlearningResult, accepted_options, describe_methods, locate_forget_set
 
-__all__ = ["unlearn", "unlearn_sequential", "UnlearningResult", "describe_methods", "REGISTRY",
-           "locate_forget_set"]
+__all__ = ["unlearn", "unlearn_sequential", "UnlearningResult", "describe_methods", "accepted_options",
+           "REGISTRY", "locate_forget_set"]

@@ -12,17 +12,19 @@ data is D_r, so that requests can be chained and ``retrain`` always knows D_r.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from inference.latent import BoundModel
 from inference.posterior import Posterior
 from models.datasets import as_regression_tensors
 
-__all__ = ["UnlearningResult", "REGISTRY", "register", "describe_methods", "ForgetSet", "locate_forget_set",
-           "finish"]
+__all__ = ["UnlearningResult", "REGISTRY", "register", "describe_methods", "accepted_options", "ForgetSet",
+           "locate_forget_set", "finish"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +41,7 @@ class UnlearningResult:
     diverged: bool = False
     diagnostics: dict = field(default_factory=dict)
     forget_indices: torch.Tensor | None = None
+    losses: tuple[float, ...] = ()   # the objective per step, for methods that optimise one
 
     @property
     def report(self) -> dict:
@@ -60,18 +63,36 @@ class ForgetSet:
     y_retain: torch.Tensor
 
 
-# name -> (function(posterior, forget_set, bound, seed, progress, **options) -> dict, one-line description)
+# name -> (function(posterior, forget_set, *, seed, progress, **options) -> dict, one-line description)
 REGISTRY: dict[str, tuple[Callable[..., dict], str]] = {}
+# name -> options a method accepts through ``**options`` (a tuple, or a function of the inference family)
+_PASSED_ON: dict[str, Any] = {}
 
 
-def register(name: str, description: str) -> Callable:
-    """Decorator that adds an unlearning method to the registry under ``name``."""
+def register(name: str, description: str, passes_on: Any = ()) -> Callable:
+    """Decorator that adds an unlearning method to the registry under ``name``.
+
+    ``passes_on`` names the options a method accepts through ``**options`` (a tuple of names, or a
+    function of the posterior's inference family returning them), so that
+    :func:`accepted_options` can check a configuration before anything runs.
+    """
     def deco(fn: Callable) -> Callable:
         if name in REGISTRY:
             raise ValueError(f"unlearning method {name!r} is registered twice")
         REGISTRY[name] = (fn, description)
+        _PASSED_ON[name] = passes_on
         return fn
     return deco
+
+
+def accepted_options(name: str, family: str) -> frozenset[str]:
+    """The option names ``unlearn(..., method=name, **options)`` accepts for a posterior of ``family``."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown unlearning method {name!r}; registered methods: {sorted(REGISTRY)}")
+    params = inspect.signature(REGISTRY[name][0]).parameters.values()
+    named = {p.name for p in params if p.kind == p.KEYWORD_ONLY} - {"seed", "progress"}
+    extra = _PASSED_ON[name]
+    return frozenset(named | set(extra(family) if callable(extra) else extra))
 
 
 def describe_methods() -> dict[str, str]:
@@ -100,27 +121,87 @@ def locate_forget_set(posterior: Posterior, x_forget: Any, y_forget: Any) -> For
     X, Y = posterior.x, posterior.y
     if xf.shape[1] != X.shape[1]:
         raise ValueError(f"x_forget has {xf.shape[1]} features but the training data has {X.shape[1]}")
-    rows = torch.cat([X, Y[:, None]], 1)
     frows = torch.cat([xf.to(X.dtype), yf.to(Y.dtype)[:, None]], 1)
-    used = torch.zeros(len(X), dtype=torch.bool)
-    idx = []
-    for i, r in enumerate(frows):
-        hits = torch.nonzero((rows == r).all(1) & ~used).flatten()
-        if len(hits) == 0:
-            again = bool((rows == r).all(1).any())
-            if again:
-                raise ValueError(f"forget row {i} is listed more often than it occurs in the training data "
-                                 "(forgetting a point twice)")
-            raise ValueError(f"forget row {i} (x={r[:-1].tolist()}, y={float(r[-1]):.6g}) is not in the posterior's "
-                             "training data: it was never learned, or it was already forgotten")
-        used[hits[0]] = True
-        idx.append(int(hits[0]))
-    if int(used.sum()) == len(X):
+    # one vectorised pass over D's first feature finds the few rows whose value occurs in D_f; only
+    # those candidates are compared in full (O(N) with a small constant, not O(N·|D_f|))
+    cand = torch.nonzero(torch.isin(X[:, 0], frows[:, 0])).flatten()
+    idx, bad, missing = match_rows(torch.cat([X[cand], Y[cand, None]], 1), frows)
+    idx = cand[idx]
+    if bad is not None:
+        r = frows[bad]
+        if not missing:
+            raise ValueError(f"forget row {bad} is listed more often than it occurs in the training data "
+                             "(forgetting a point twice)")
+        raise ValueError(f"forget row {bad} (x={r[:-1].tolist()}, y={float(r[-1]):.6g}) is not in the posterior's "
+                         "training data: it was never learned, or it was already forgotten")
+    if len(idx) == len(X):
         raise ValueError("the forget set is the whole training data: there would be nothing left; refit from "
                          "the prior instead")
-    keep = ~used
-    return ForgetSet(indices=torch.tensor(sorted(idx)), x_forget=X[used], y_forget=Y[used],
-                     x_retain=X[keep], y_retain=Y[keep])
+    idx = torch.sort(idx).values
+    return ForgetSet(indices=idx, x_forget=X[idx], y_forget=Y[idx], x_retain=_drop_rows(X, idx),
+                     y_retain=_drop_rows(Y, idx))
+
+
+def _drop_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t without the rows ``idx`` (sorted, distinct), order kept: the slices between them, copied once."""
+    if len(idx) > 64:
+        keep = torch.ones(len(t), dtype=torch.bool)
+        keep[idx] = False
+        return t[keep]
+    bounds = [-1, *idx.tolist(), len(t)]
+    return torch.cat([t[a + 1:b] for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def match_rows(rows: torch.Tensor, frows: torch.Tensor) -> tuple[torch.Tensor, int | None, bool]:
+    """Match each query row to a distinct, exactly equal row of ``rows``; O(N) plus work on candidates.
+
+    The j-th query of a given value takes that value's j-th occurrence in ``rows`` (in index order),
+    so a value may be asked for at most as often as it occurs. Returns (indices [k] into ``rows``,
+    the first query row that cannot be matched or None, whether that row is missing altogether).
+
+    Rows are pre-filtered by one vectorised pass (their first and last columns must occur among the
+    queries, :func:`_isin`); only those candidates are compared in full (``torch.unique`` over
+    candidates + queries), so the cost is linear in N with a small constant rather than O(N·k).
+    """
+    rows, frows = rows + 0.0, frows + 0.0  # -0.0 -> +0.0: equal values, equal bits for unique()
+    cand = _isin(rows[:, 0], frows[:, 0]) & _isin(rows[:, -1], frows[:, -1])
+    cidx = torch.nonzero(cand).flatten()
+    n, k = len(cidx), len(frows)
+    _, inv = torch.unique(torch.cat([rows[cidx], frows]), dim=0, return_inverse=True)
+    inv_d, inv_f = inv[:n], inv[n:]
+    groups = int(inv.max()) + 1
+    count_d = torch.bincount(inv_d, minlength=groups)
+    order_d = torch.argsort(inv_d, stable=True)                   # candidates grouped, index order kept
+    start_d = torch.cumsum(count_d, 0) - count_d
+    order_f = torch.argsort(inv_f, stable=True)
+    count_f = torch.bincount(inv_f, minlength=groups)
+    start_f = torch.cumsum(count_f, 0) - count_f
+    rank = torch.empty(k, dtype=torch.long)
+    rank[order_f] = torch.arange(k) - start_f[inv_f[order_f]]    # j-th request of its value
+    ok = rank < count_d[inv_f]
+    if not bool(ok.all()):
+        bad = int(torch.nonzero(~ok).flatten()[0])
+        return cidx.new_zeros(0), bad, bool(count_d[inv_f[bad]] == 0)
+    return cidx[order_d[start_d[inv_f] + rank]], None, False
+
+
+def _isin(values: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """values[i] ∈ queries: a broadcast comparison for a few queries, else a binary search, O(N log k)."""
+    if len(queries) <= 16:
+        return (values[:, None] == queries[None, :]).any(1)
+    s = torch.sort(queries).values
+    pos = torch.searchsorted(s, values.contiguous()).clamp_max(len(s) - 1)
+    return s[pos] == values
+
+
+def forget_bound(posterior: Posterior, fs: ForgetSet) -> BoundModel:
+    """The posterior's model bound to D_f only (its layout does not depend on N), so that methods
+    that need log p(D_f | θ) never trace the model on all of D; falls back to the full data if the
+    layouts differ."""
+    bound = BoundModel(posterior.model, fs.x_forget, fs.y_forget)
+    same = [(s.name, s.shape, s.unconstrained_shape) for s in bound.layout.sites] == \
+        [(s.name, s.shape, s.unconstrained_shape) for s in posterior.layout.sites]
+    return bound if same else posterior.bound_model()
 
 
 def finish(name: str, old: Posterior, fs: ForgetSet, options: dict, t0: float, out: dict) -> UnlearningResult:
@@ -134,4 +215,5 @@ def finish(name: str, old: Posterior, fs: ForgetSet, options: dict, t0: float, o
                             wall_time_s=time.perf_counter() - t0, steps=out.get("steps"),
                             final_objective=out.get("final_objective"),
                             warnings=tuple(out.get("warnings", ())), diverged=bool(out.get("diverged", False)),
-                            diagnostics=out.get("diagnostics", {}), forget_indices=fs.indices)
+                            diagnostics=out.get("diagnostics", {}), forget_indices=fs.indices,
+                            losses=tuple(out.get("losses", ())))

@@ -28,8 +28,8 @@ import torch
 from inference.posterior import Posterior
 from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
-from .base import ForgetSet, register
-from .objective import ForgetLikelihood, embed_active, unlearning_model
+from .base import ForgetSet, forget_bound, register
+from .objective import ForgetLikelihood, embed_active, prior_distribution, unlearning_model
 
 __all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
 
@@ -56,10 +56,20 @@ def gaussian_fields(old: Posterior, family: str) -> dict[str, torch.Tensor]:
 
 def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, progress: bool = False,
                 num_steps: int = 4000, lr: float = 0.003, window: int = 200, max_plateaus: int = 6,
-                num_particles: int = 1, runaway: float = 10.0, max_scale_ratio: float = 100.0) -> dict:
-    """Fit a guide of the old posterior's family to the unlearning model; detect divergence."""
+                num_particles: int = 1, runaway: float = 10.0, max_scale_ratio: float = 100.0,
+                elbo: str = "direct") -> dict:
+    """Fit a guide of the old posterior's family to the unlearning model; detect divergence.
+
+    ``elbo="direct"`` (default) evaluates the unlearning model's log density
+    log q(θ|D) - log p_adj(D_f|θ) as a plain function of θ (inference.svi.DirectELBO: the same
+    objective and draws as ``Trace_ELBO``, without Pyro's per-step tracing); ``"trace"`` runs Pyro's
+    ``Trace_ELBO`` on the unlearning model."""
     family = guide_family_for(old)
     model = unlearning_model(old, forget)
+    prior, embed = prior_distribution(old), embed_active(old)
+
+    def log_joint(theta):  # the unlearning model's log density: θ ~ q(θ|D); factor(-log p_adj(D_f|θ))
+        return prior.log_prob(theta) - forget(embed(theta))
     old_std = old.to_active_distribution().variance.sqrt()
     k = len(forget.x_f)
     check_every = min(window, 25)  # divergence can set in within one convergence window
@@ -93,7 +103,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         try:
             rep = optimise_elbo(model, guide, (), num_steps=num_steps, lr=lr, window=window,
                                 max_plateaus=max_plateaus, num_particles=num_particles, progress=progress,
-                                monitor=monitor, desc="unlearn (EUBO)")
+                                monitor=monitor, desc="unlearn (EUBO)", elbo=elbo, log_joint=log_joint)
         except DivergenceError as e:
             state["reason"] = str(e)
             rep = {"steps": len(losses), "losses": losses, "converged": False}
@@ -125,21 +135,22 @@ def _std(fields: dict, family: str) -> torch.Tensor:
     return fields["scale_tril"].pow(2).sum(-1).sqrt()
 
 
-_OPTS = ("num_steps", "lr", "window", "max_plateaus", "num_particles", "runaway", "max_scale_ratio")
+_OPTS = ("num_steps", "lr", "window", "max_plateaus", "num_particles", "runaway", "max_scale_ratio", "elbo")
 
 
-@register("eubo", "re-fit the guide to q(θ|D)/p(D_f|θ) (likelihood-subtracted ELBO; Nguyen et al. 2020)")
+@register("eubo", "re-fit the guide to q(θ|D)/p(D_f|θ) (likelihood-subtracted ELBO; Nguyen et al. 2020)",
+          passes_on=_OPTS)
 def eubo(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
     bad = set(options) - set(_OPTS)
     if bad:
         raise TypeError(f"unknown option(s) {sorted(bad)} for 'eubo'; allowed: {list(_OPTS)}")
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget)
+    forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget)
     out = refit_guide(old, forget, seed=seed, progress=progress, **options)
     return out
 
 
 @register("eubo-adjusted", "EUBO with the adjusted likelihood: p(D_f|θ) only where q(θ|D) > λ·max q "
-          "(default: the central 99% of q)")
+          "(default: the central 99% of q)", passes_on=_OPTS)
 def eubo_adjusted(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
                   lam: float | None = None, quantile: float | None = None, **options) -> dict:
     bad = set(options) - set(_OPTS)
@@ -148,7 +159,8 @@ def eubo_adjusted(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
                         f"{['lam', 'quantile', *_OPTS]}")
     if lam is None and quantile is None:
         quantile = 0.99
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
+    forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget, old=old, lam=lam,
+                              quantile=quantile)
     out = refit_guide(old, forget, seed=seed, progress=progress, **options)
     out["diagnostics"] = {"log_lambda": forget.log_lam}
     return out

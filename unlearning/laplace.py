@@ -27,7 +27,7 @@ from inference.curvature import ggn, ggn_diagonal, hessian
 from inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
 from inference.posterior import Posterior
 
-from .base import ForgetSet, register
+from .base import ForgetSet, forget_bound, register
 
 __all__ = ["forget_curvature", "old_precision"]
 
@@ -45,7 +45,7 @@ def old_precision(old: Posterior) -> tuple[torch.Tensor, str, str]:
 
 def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, kind: str, curvature: str):
     """(g_f, H_f) at θ over the active coordinates: gradient of log p(D_f|θ) and -∇² (or GGN)."""
-    bound = old.bound_model()
+    bound = forget_bound(old, fs)
     x, y = fs.x_forget.to(torch.float64), fs.y_forget.to(torch.float64)
     theta = theta.detach().to(torch.float64)
     idx = old.active
@@ -128,7 +128,7 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
 
     if old.structure == "empirical" or old.active is not None:
         raise ValueError("laplace-refit needs a Gaussian posterior over all coordinates")
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget)
+    forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget)
     prec, kind, curv = old_precision(old)
     warnings: list[str] = []
     with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
@@ -144,7 +144,7 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
             theta = torch.full_like(old.loc, float("nan"), dtype=torch.float64)
     q = old.to_distribution()
     # the polish runs in float64 throughout (a float32 forget set would cap its accuracy at ~1e-5)
-    forget64 = ForgetLikelihood(old.bound_model(), fs.x_forget.double(), fs.y_forget.double())
+    forget64 = ForgetLikelihood(forget_bound(old, fs), fs.x_forget.double(), fs.y_forget.double())
     objective = lambda t: q.log_prob(t.to(old.loc.dtype)).to(torch.float64) - forget64(t)  # noqa: E731
     if lbfgs_steps and torch.isfinite(theta).all():
         try:

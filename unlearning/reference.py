@@ -36,11 +36,16 @@ def none(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     return {"posterior": old}
 
 
-@register("retrain", "exact retraining: the same inference from scratch on D_r (the gold standard)")
+def _fit_options(family: str) -> set[str]:
+    return ALLOWED_OPTIONS.get(family, set())
+
+
+@register("retrain", "exact retraining: the same inference from scratch on D_r (the gold standard)",
+          passes_on=_fit_options)
 def retrain(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
     return _refit(old, fs, seed, progress, warm=False, options=options)
 
 
-@register("retrain-warm", "the same inference on D_r, warm-started from q(θ|D)")
+@register("retrain-warm", "the same inference on D_r, warm-started from q(θ|D)", passes_on=_fit_options)
 def retrain_warm(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, **options) -> dict:
     return _refit(old, fs, seed, progress, warm=True, options=options)

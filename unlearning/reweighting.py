@@ -29,7 +29,7 @@ import torch
 
 from inference.posterior import Posterior
 
-from .base import ForgetSet, register
+from .base import ForgetSet, forget_bound, register
 from .objective import ForgetLikelihood
 
 __all__ = ["importance_draws", "weighted_moments"]
@@ -67,7 +67,7 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
         lam: float | None = None, quantile: float | None = None, rank: int | None = None) -> dict:
     if lam is None and quantile is None:
         quantile = 0.99
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
+    forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
     theta, _, log_w = importance_draws(old, forget, num_samples, seed)
     w, mu, cov = weighted_moments(theta, log_w)
     dtype = old.loc.dtype
@@ -109,7 +109,7 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
 def psis(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, num_samples: int = 4000) -> dict:
     import arviz as az
 
-    forget = ForgetLikelihood(old.bound_model(), fs.x_forget, fs.y_forget)
+    forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget)
     theta, _, log_w = importance_draws(old, forget, num_samples, seed)
     smoothed, khat = az.psislw(log_w.to(torch.float64).numpy().copy())
     log_w_s = torch.as_tensor(np.asarray(smoothed), dtype=torch.float64)

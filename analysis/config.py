@@ -1,0 +1,237 @@
+"""Experiment configuration for ``bayes-unlearn run``: defaults, TOML loading and validation.
+
+A configuration is a nested dictionary (written as TOML) with the sections below; a user file
+only states what differs from :data:`DEFAULT_CONFIG`. A section that changes its ``name`` (another
+data set, another model) replaces the default section instead of merging into it. Everything is
+checked before any work starts -- unknown keys, unknown methods or options, a forget set that is
+empty or the whole data set -- and a :class:`ConfigError` names the offending key.
+
+    seed = 0
+    [data]        name = "synthetic_1d" | "diabetes" | "csv", then the loader's arguments
+    [model]       name = "mlp" | "linear", then the model's arguments (in_dim comes from the data)
+    [inference]   method = "laplace" | "meanfield" | "lowrank" | "fullrank" | "nuts"; [inference.options]
+    [forget]      kind = "region" (low, high, dim) | "random" (size or fraction) | "indices" (indices)
+    [methods]     run = ["all"] or names; skip = [...]; [methods.options.<name>] per-method options
+    [analysis]    predictive_samples, posterior_draws, psis_samples, noise_floor, figures, netcdf, threads
+
+``analysis.threads`` (default 1) fixes torch's intra-op thread count for the run: floating-point
+reductions depend on it, a BNN's MAP can land in another mode when they change, and the same
+config and seed must give the same numbers on any machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+import torch
+
+from inference.fit import ALLOWED_OPTIONS, METHODS
+from models import BayesianLinearRegression, BayesianMLP
+from models.datasets import (RegressionData, check_forget_indices, diabetes, forget_fraction, forget_random,
+                             forget_region, load_csv, synthetic_1d)
+
+__all__ = ["ConfigError", "DEFAULT_CONFIG", "QUICK_OVERRIDES", "load_config", "resolve", "build_data",
+           "build_model", "build_forget_indices", "methods_to_run", "dump_toml", "merge"]
+
+DATASETS = {"synthetic_1d": synthetic_1d, "diabetes": diabetes, "csv": load_csv}
+MODELS = {"mlp": BayesianMLP, "linear": BayesianLinearRegression}
+REFERENCES = ("none", "retrain")  # always in every comparison (DESIGN.md §4.4)
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "data": {"name": "synthetic_1d", "n": 300, "noise": 0.1, "n_test": 200},
+    "model": {"name": "mlp", "hidden": [32, 32], "activation": "tanh", "prior_scale": "fan_in", "noise": 0.1},
+    "inference": {"method": "laplace", "options": {"curvature": "ggn", "structure": "full"}},
+    "forget": {"kind": "region"},
+    "methods": {"run": ["all"], "skip": [], "options": {}},
+    "analysis": {"predictive_samples": 200, "posterior_draws": 200, "psis_samples": 1000, "noise_floor": True,
+                 "figures": True, "netcdf": True, "threads": 1},
+}
+# --quick: a smaller net, fewer points and shorter optimisations (under a minute on 2 cores)
+QUICK_OVERRIDES: dict[str, Any] = {
+    "data": {"n": 120, "n_test": 100},
+    "model": {"hidden": [8, 8]},
+    "inference": {"options": {"num_steps": 1000, "lbfgs_steps": 50}},
+    "methods": {"options": {"eubo": {"num_steps": 200, "window": 50},
+                            "eubo-adjusted": {"num_steps": 200, "window": 50},
+                            "rkl": {"num_samples": 1000}, "psis": {"num_samples": 1000},
+                            "laplace-refit": {"num_steps": 200},
+                            "lcodec": {"num_perturb": 30}}},
+    "analysis": {"predictive_samples": 100, "posterior_draws": 100, "psis_samples": 500},
+}
+_ANALYSIS_TYPES = {"predictive_samples": int, "posterior_draws": int, "psis_samples": int, "noise_floor": bool,
+                   "figures": bool, "netcdf": bool, "threads": int}
+_FORGET_KEYS = {"region": {"kind", "low", "high", "dim"}, "random": {"kind", "size", "fraction", "seed"},
+                "indices": {"kind", "indices"}}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what to do."""
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge ``over`` into a copy of ``base``; a section whose ``name`` changes is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path | None = None, *, quick: bool = False, seed: int | None = None) -> dict:
+    """The resolved configuration: defaults, then ``--quick`` overrides, then the file, then ``seed``."""
+    cfg = merge(DEFAULT_CONFIG, QUICK_OVERRIDES) if quick else copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            user = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from e
+        cfg = merge(cfg, user)
+    if seed is not None:
+        cfg["seed"] = seed
+    return resolve(cfg)
+
+
+def _check_keys(section: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {where}.{unknown[0]!r}; allowed keys in [{where}]: {sorted(allowed)}")
+
+
+def _signature_keys(fn: Any, exclude: set[str]) -> set[str]:
+    return {p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - exclude
+
+
+def resolve(cfg: dict) -> dict:
+    """Check every key and value that can be checked without data; return ``cfg`` unchanged."""
+    _check_keys(cfg, set(DEFAULT_CONFIG), "config")
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or cfg["seed"] < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg['seed']!r}")
+    for sec in ("data", "model", "inference", "forget", "methods", "analysis"):
+        if not isinstance(cfg[sec], dict):
+            raise ConfigError(f"[{sec}] must be a table, got {cfg[sec]!r}")
+    data, model, inf, forget, methods, analysis = (cfg[s] for s in ("data", "model", "inference", "forget",
+                                                                    "methods", "analysis"))
+    if data.get("name") not in DATASETS:
+        raise ConfigError(f"data.name must be one of {sorted(DATASETS)}, got {data.get('name')!r}")
+    _check_keys(data, {"name"} | _signature_keys(DATASETS[data["name"]], {"seed"}), "data")
+    if model.get("name") not in MODELS:
+        raise ConfigError(f"model.name must be one of {sorted(MODELS)}, got {model.get('name')!r}")
+    _check_keys(model, {"name"} | _signature_keys(MODELS[model["name"]].__init__, {"self", "in_dim"}), "model")
+    if inf.get("method") not in METHODS:
+        raise ConfigError(f"inference.method must be one of {sorted(METHODS)}, got {inf.get('method')!r}")
+    _check_keys(inf, {"method", "options"}, "inference")
+    _check_keys(inf.get("options", {}), ALLOWED_OPTIONS[inf["method"]], "inference.options")
+    if forget.get("kind") not in _FORGET_KEYS:
+        raise ConfigError(f"forget.kind must be one of {sorted(_FORGET_KEYS)}, got {forget.get('kind')!r}")
+    _check_keys(forget, _FORGET_KEYS[forget["kind"]], "forget")
+    _check_keys(methods, {"run", "skip", "options"}, "methods")
+    methods_to_run(cfg)  # checks names and options
+    _check_keys(analysis, set(_ANALYSIS_TYPES), "analysis")
+    for key, typ in _ANALYSIS_TYPES.items():
+        v = analysis.get(key)
+        if not isinstance(v, typ) or (typ is int and (isinstance(v, bool) or v < 1)):
+            raise ConfigError(f"analysis.{key} must be {'a positive integer' if typ is int else 'true or false'}, "
+                              f"got {v!r}")
+    return cfg
+
+
+def methods_to_run(cfg: dict) -> list[str]:
+    """The unlearning methods of a run, references first; checks names and their options."""
+    from unlearning import REGISTRY
+    from unlearning.base import accepted_options
+
+    m = cfg["methods"]
+    run, skip = list(m.get("run", ["all"])), list(m.get("skip", []))
+    for key, names in (("run", run), ("skip", skip)):
+        for name in names:
+            if name not in REGISTRY and not (key == "run" and name == "all"):
+                raise ConfigError(f"methods.{key}: unknown unlearning method {name!r}; registered: {sorted(REGISTRY)} "
+                                  "(see `bayes-unlearn methods`)")
+    if set(skip) & set(REFERENCES):
+        raise ConfigError(f"methods.skip: {sorted(set(skip) & set(REFERENCES))} are the references every "
+                          "comparison needs and cannot be skipped")
+    chosen = list(REGISTRY) if "all" in run else run
+    out = list(REFERENCES) + [n for n in chosen if n not in REFERENCES and n not in skip]
+    family = cfg["inference"]["method"]
+    for name, opts in m.get("options", {}).items():
+        if name not in REGISTRY:
+            raise ConfigError(f"methods.options: unknown unlearning method {name!r}; registered: {sorted(REGISTRY)}")
+        if not isinstance(opts, dict):
+            raise ConfigError(f"methods.options.{name} must be a table of options, got {opts!r}")
+        allowed = accepted_options(name, family)
+        _check_keys(opts, set(allowed), f"methods.options.{name}")
+    return list(dict.fromkeys(out))
+
+
+def build_data(cfg: dict) -> RegressionData:
+    """The data set of the configuration (seeded by the top-level seed)."""
+    d = dict(cfg["data"])
+    name = d.pop("name")
+    try:
+        return DATASETS[name](seed=cfg["seed"], **d)
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(f"[data] {name}: {e}") from e
+
+
+def build_model(cfg: dict, in_dim: int):
+    """The Pyro model of the configuration, sized to the data."""
+    m = dict(cfg["model"])
+    name = m.pop("name")
+    if "hidden" in m:
+        m["hidden"] = tuple(m["hidden"])
+    try:
+        return MODELS[name](in_dim=in_dim, **m)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[model] {name}: {e}") from e
+
+
+def build_forget_indices(cfg: dict, data: RegressionData) -> torch.Tensor:
+    """Indices of D_f in the training data; raises ConfigError for an empty or total forget set."""
+    f, n = cfg["forget"], len(data.x)
+    try:
+        if f["kind"] == "region":
+            if ("low" not in f or "high" not in f) and data.region is None:
+                raise ConfigError(f"forget.low and forget.high are needed: data {cfg['data']['name']!r} has no "
+                                  "removable region")
+            low, high = f.get("low", data.region[0] if data.region else None), f.get("high", data.region[1]
+                                                                                    if data.region else None)
+            idx = forget_region(data.x, low, high, dim=f.get("dim", 0))
+        elif f["kind"] == "random":
+            if ("size" in f) == ("fraction" in f):
+                raise ConfigError("forget: give exactly one of forget.size or forget.fraction for kind='random'")
+            seed = f.get("seed", cfg["seed"])
+            idx = (forget_random(n, f["size"], seed=seed) if "size" in f else forget_fraction(n, f["fraction"], seed))
+        else:
+            idx = check_forget_indices(f.get("indices", []), n)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"forget ({f['kind']}): {e}") from e
+    if len(idx) == 0:
+        raise ConfigError(f"forget: the forget set is empty ({f}); widen the region or raise the size")
+    if len(idx) >= n:
+        raise ConfigError(f"forget: the forget set is the whole training data ({n} points); nothing would be left")
+    return idx
+
+
+def dump_toml(cfg: dict) -> str:
+    """TOML text of a configuration (round-trips through ``tomllib``)."""
+    return tomli_w.dumps(cfg)

@@ -1,0 +1,322 @@
+"""One unlearning experiment against exact retraining: ``bayes-unlearn run`` (DESIGN.md §5).
+
+Fit q(θ|D) with the configured inference family, remove D_f with every configured method, and score
+each result against ``retrain`` (the same inference from scratch on D_r, same family) on the
+forget set D_f, the retained set D_r and the held-out test set (and a 1-D input grid when the data
+has one). Per split, with p_m the method's and p_r the retrained moment-matched predictive:
+
+    predictive_kl          mean_x KL(p_m(y|x) ‖ p_r(y|x))       (Nguyen et al., 2020)
+    predictive_kl_reverse  mean_x KL(p_r(y|x) ‖ p_m(y|x))
+    w2                     mean_x W₂(p_m(y|x), p_r(y|x))
+    gap_closed             1 - predictive_kl(method) / predictive_kl(none)   (1 = retraining, 0 = nothing)
+    gap_closed_w2          the same with W₂
+    rmse, nll              against the targets (D_f, D_r, test)
+
+plus ``region/predictive_std`` (mean predictive std on the grid inside a deleted region),
+weight-space Gaussian KL/W₂ where meaningful (``weight/*`` against ``retrain`` for the linear model;
+``weight_warm/*`` against ``retrain-warm`` for nets, whose retrained mode need not match), and
+``retain/elpd_loo`` (ArviZ PSIS-LOO on D_r). The run also records the noise floor -- the same
+distances between two retrainings with different seeds -- and the request's Pareto k̂ for
+importance weights 1/p(D_f|θ) on draws of q(θ|D) (Vehtari et al.), a reliability signal that needs
+no retraining.
+
+Outputs (:func:`run_experiment`): ``metrics.json``, ``metrics.csv``, ``report.md``, ``figures/*.png``,
+``posteriors/<method>.nc`` (ArviZ InferenceData) with ``posteriors/<method>_summary.csv`` (``az.summary``),
+``config.toml`` and ``environment.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from inference import fit, predict
+from inference.posterior import Posterior
+from inference.predict import Prediction
+from models.datasets import split
+from unlearning import unlearn
+
+from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run
+from .metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d, nll, rmse
+
+__all__ = ["run_experiment", "SPLITS"]
+
+SPLITS = ("forget", "retain", "test")
+_PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy", "seaborn", "scikit-learn", "bayes-unlearn")
+
+
+def _distances(p: Prediction, ref: Prediction) -> dict[str, float]:
+    a = [t.double() for t in (p.mean, p.std)]
+    b = [t.double() for t in (ref.mean, ref.std)]
+    return {"predictive_kl": float(gaussian_kl_1d(*a, *b).mean()),
+            "predictive_kl_reverse": float(gaussian_kl_1d(*b, *a).mean()),
+            "w2": float(gaussian_w2_1d(*a, *b).mean())}
+
+
+def _finite_or_none(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _weight_metrics(post: Posterior, ref: Posterior) -> dict[str, float]:
+    try:
+        return {"kl": gaussian_kl(post, ref), "w2": gaussian_w2(post, ref)}
+    except (ValueError, RuntimeError):  # a singular covariance (e.g. too few empirical draws)
+        return {"kl": math.nan, "w2": math.nan}
+
+
+def environment(seed: int) -> dict:
+    """Package versions, seed and machine facts for ``environment.json``."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"seed": seed, "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "packages": versions}
+
+
+def run_experiment(cfg: dict, out: str | Path, *, progress: bool = True) -> dict:
+    """Run the experiment of a resolved configuration (see :func:`_run`) with ``analysis.threads`` torch threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg["analysis"]["threads"])
+    try:
+        return _run(cfg, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
+    """Run the experiment of a resolved configuration (:func:`analysis.config.load_config`) into ``out``.
+
+    Returns the ``metrics.json`` document: ``{"config", "request", "noise_floor", "results"}`` where
+    each result is ``{"method", "wall_time_s", "metrics": {"<split>/<metric>": float}, "warnings"}``.
+    Invalid configurations raise :class:`analysis.config.ConfigError` before any fitting.
+    """
+    out = Path(out)
+    seed = cfg["seed"]
+    an = cfg["analysis"]
+    # -- everything that can fail on the configuration, before any work ---------------------------------
+    methods = methods_to_run(cfg)
+    data = build_data(cfg)
+    model = build_model(cfg, in_dim=data.x.shape[1])
+    idx = build_forget_indices(cfg, data)
+    xr, yr, xf, yf = split(data.x, data.y, idx)
+    for sub in ("figures", "posteriors"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(dump_toml(cfg))
+    (out / "environment.json").write_text(json.dumps(environment(seed), indent=2) + "\n")
+
+    family = cfg["inference"]["method"]
+    t0 = time.perf_counter()
+    post = fit(model, data.x, data.y, family, seed=seed, progress=progress, **cfg["inference"]["options"])
+    fit_time = time.perf_counter() - t0
+    inputs = {"forget": (xf, yf), "retain": (xr, yr), "test": (data.x_test, data.y_test)}
+    if data.x_grid is not None:
+        inputs["grid"] = (data.x_grid, None)
+    S = an["predictive_samples"]
+
+    def predictions(p: Posterior) -> dict[str, Prediction]:
+        return {s: predict(p, x, num_samples=S, seed=seed) for s, (x, _) in inputs.items()}
+
+    opts = cfg["methods"].get("options", {})
+    bar = tqdm(methods, desc="unlearning methods", disable=not progress)
+    results, runs = [], {}
+    for name in bar:
+        bar.set_postfix_str(name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = unlearn(post, xf, yf, name, seed=seed + (1 if name == "retrain" else 0), progress=False,
+                              **opts.get(name, {}))
+            except Exception as e:  # a method that cannot run on this posterior is reported, not hidden
+                results.append({"method": name, "wall_time_s": None, "metrics": {},
+                                "warnings": [f"failed: {type(e).__name__}: {e}"], "error": True})
+                continue
+        runs[name] = (res, predictions(res.posterior))
+        results.append({"method": name, "wall_time_s": res.wall_time_s, "metrics": {},
+                        "warnings": list(res.warnings) + sorted({str(w.message) for w in caught if not issubclass(
+                            w.category, (FutureWarning, DeprecationWarning))}),
+                        "diverged": res.diverged, "steps": res.steps,
+                        "diagnostics": json.loads(json.dumps(res.diagnostics, default=str))})
+    bar.close()
+
+    ref_res, ref_pred = runs["retrain"]
+    none_pred = runs["none"][1]
+    d_none = {s: _distances(none_pred[s], ref_pred[s]) for s in inputs}
+    region = _region_mask(cfg, data)
+    linear = cfg["model"]["name"] == "linear"
+    warm_ref = runs.get("retrain-warm", (None,))[0]
+    for row in results:
+        if row.get("error"):
+            continue
+        res, pred = runs[row["method"]]
+        m = row["metrics"]
+        for s in inputs:
+            d = _distances(pred[s], ref_pred[s])
+            for k, v in d.items():
+                m[f"{s}/{k}"] = v
+            m[f"{s}/gap_closed"] = gap_closed(d["predictive_kl"], d_none[s]["predictive_kl"])
+            m[f"{s}/gap_closed_w2"] = gap_closed(d["w2"], d_none[s]["w2"])
+            y = inputs[s][1]
+            if y is not None:
+                m[f"{s}/rmse"] = rmse(pred[s], y)
+                m[f"{s}/nll"] = nll(pred[s], y)
+        if region is not None:
+            m["region/predictive_std"] = float(pred["grid"].std[region].mean())
+        if linear:
+            m.update({f"weight/{k}": v for k, v in _weight_metrics(res.posterior, ref_res.posterior).items()})
+        elif warm_ref is not None:
+            m.update({f"weight_warm/{k}": v for k, v in _weight_metrics(res.posterior, warm_ref.posterior).items()})
+
+    doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xf, yf, fit_time),
+                           "noise_floor": {}, "results": results}
+    if an["noise_floor"]:
+        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False)
+        other_pred = predictions(other.posterior)
+        doc["noise_floor"] = {f"{s}/{k}": v for s in inputs
+                              for k, v in _distances(other_pred[s], ref_pred[s]).items()}
+        doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
+    if an["netcdf"]:
+        _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results)
+    doc = json.loads(json.dumps(doc, default=_json_default), parse_constant=lambda c: None)
+    doc = _nan_to_none(doc)
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    from .report import write_csv, write_report
+
+    write_csv(doc, out / "metrics.csv")
+    figures = _figures(out / "figures", cfg, data, post, runs, doc, xr, yr, xf, yf) if an["figures"] else {}
+    write_report(doc, out / "report.md", figures)
+    return doc
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, (tuple, set)):
+        return list(v)
+    return str(v)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _nan_to_none(u) for k, u in v.items()}
+    if isinstance(v, list):
+        return [_nan_to_none(u) for u in v]
+    return _finite_or_none(v)
+
+
+def _region_mask(cfg: dict, data) -> torch.Tensor | None:
+    f = cfg["forget"]
+    if f["kind"] != "region" or data.x_grid is None:
+        return None
+    low = f.get("low", data.region[0] if data.region else None)
+    high = f.get("high", data.region[1] if data.region else None)
+    g = data.x_grid[:, f.get("dim", 0)]
+    mask = (g >= low) & (g <= high)
+    return mask if bool(mask.any()) else None
+
+
+def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_time: float) -> dict:
+    """Facts about the deletion request, including PSIS k̂ of the weights 1/p(D_f|θ) under q(θ|D)."""
+    an = cfg["analysis"]
+    note = None
+    from .arviz_io import psis_khat
+
+    try:
+        khat = psis_khat(post, xf, yf, num_samples=an["psis_samples"], seed=cfg["seed"])
+        if not math.isfinite(khat):
+            khat, note = None, ("k̂ is infinite: the importance weights 1/p(D_f|θ) are degenerate (one draw carries "
+                                "all the weight), far beyond the 0.7 reliability threshold")
+    except Exception as e:  # noqa: BLE001 -- reported as missing, the run goes on
+        khat, note = None, f"PSIS failed: {type(e).__name__}: {e}"
+    return {"num_train": len(data.x), "num_forget": len(idx), "num_retain": len(data.x) - len(idx),
+            "num_params": int(post.loc.numel()), "family": post.family, "structure": post.structure,
+            "fit_time_s": fit_time, "psis_khat": khat, "psis_note": note,
+            "fit_warnings": list(post.meta.get("warnings", []))}
+
+
+def _write_posteriors(folder: Path, runs: dict, draws: int, seed: int, results: list[dict]) -> None:
+    from .arviz_io import save_netcdf, summary, to_inference_data
+
+    rows = {r["method"]: r for r in results}
+    for name, (res, _) in runs.items():
+        try:
+            idata = to_inference_data(res.posterior, num_samples=draws, seed=seed)
+            save_netcdf(idata, folder / f"{name}.nc")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                summary(idata).to_csv(folder / f"{name}_summary.csv")
+            loo = _loo(idata)
+            if loo is not None:
+                rows[name]["metrics"]["retain/elpd_loo"] = loo
+        except Exception as e:  # noqa: BLE001 -- the metrics stand without the file
+            rows[name]["warnings"].append(f"InferenceData not written: {type(e).__name__}: {e}")
+
+
+def _loo(idata) -> float | None:
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(az.loo(idata).elpd_loo)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def _figures(folder: Path, cfg: dict, data, post: Posterior, runs: dict, doc: dict, xr, yr, xf, yf) -> dict:
+    """Write the report's figures; returns {caption: relative path}."""
+    from . import figures as fg
+
+    out: dict[str, str] = {}
+    if data.x_grid is not None and data.x.shape[1] == 1:
+        bands = {n: (p["grid"].mean, p["grid"].std) for n, (_, p) in runs.items()}
+        region = None
+        if cfg["forget"]["kind"] == "region":
+            f = cfg["forget"]
+            region = (f.get("low", data.region[0] if data.region else None),
+                      f.get("high", data.region[1] if data.region else None))
+        fg.plot_predictive_bands(folder / "predictive.png", data.x_grid[:, 0], bands, x_retain=xr[:, 0], y_retain=yr,
+                                 x_forget=xf[:, 0], y_forget=yf, region=region)
+        out["Predictive mean ± 2 std of each method (coloured) against the full posterior (dashed) and "
+            "exact retraining (black); forgotten points are red crosses"] = "figures/predictive.png"
+    rows = [{"method": r["method"], "split": s, "gap_closed": r["metrics"].get(f"{s}/gap_closed")}
+            for r in doc["results"] if not r.get("error") and r["method"] not in ("none", "retrain") for s in SPLITS]
+    rows = [{**r, "gap_closed": math.nan if r["gap_closed"] is None else r["gap_closed"]} for r in rows]
+    if rows:
+        fg.plot_gap_closed(folder / "gap_closed.png", rows)
+        out["Gap closed per method and split (1 = as good as retraining, 0 = no better than doing nothing)"] = \
+            "figures/gap_closed.png"
+    candidates = {"q(θ|D) precision Λ": post}
+    for label, name in (("down-dated Λ − H_f", "laplace-downdate"), ("retrained precision", "retrain")):
+        if name in runs:
+            candidates[label] = runs[name][0].posterior
+    spectra = {label: torch.linalg.eigvalsh(p.precision.double()).numpy()
+               for label, p in candidates.items() if p.structure == "precision"}
+    if len(spectra) > 1:
+        fg.plot_spectra(folder / "spectra.png", spectra)
+        out["Eigenvalues of the Laplace precision before and after the down-date, and after retraining"] = \
+            "figures/spectra.png"
+    curves = {"fit q(θ|D)": post.meta.get("losses") or []}
+    curves.update({n: list(res.losses) for n, (res, _) in runs.items() if res.losses})
+    curves.update({f"{n} (retraining fit)": res.posterior.meta.get("losses") or []
+                   for n, (res, _) in runs.items() if n.startswith("retrain")})
+    curves = {k: v for k, v in curves.items() if len(v) > 1}
+    if curves:
+        fg.plot_loss_curves(folder / "losses.png", curves)
+        out["Loss per optimisation step (negative ELBO / negative log joint / unlearning objective)"] = \
+            "figures/losses.png"
+    return out

@@ -1,0 +1,132 @@
+"""Writers for an experiment's results folder: ``metrics.csv`` and the human-readable ``report.md``.
+
+Both read only the ``metrics.json`` document built by :func:`analysis.experiment.run_experiment`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+__all__ = ["write_csv", "write_report"]
+
+_SPLITS = ("forget", "retain", "test")
+
+
+def _columns(doc: dict) -> list[str]:
+    cols: dict[str, None] = {}
+    for r in doc["results"]:
+        cols.update(dict.fromkeys(r["metrics"]))
+    return list(cols)
+
+
+def write_csv(doc: dict, path: str | Path) -> Path:
+    """One row per method: ``method, wall_time_s, failed, <split>/<metric>...`` (empty cell = not defined)."""
+    path = Path(path)
+    cols = _columns(doc)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "wall_time_s", "failed", *cols])
+        for r in doc["results"]:
+            w.writerow([r["method"], "" if r["wall_time_s"] is None else r["wall_time_s"], int(bool(r.get("error"))),
+                        *("" if r["metrics"].get(c) is None else r["metrics"][c] for c in cols)])
+    return path
+
+
+def _f(v, fmt: str = ".3g") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _khat_reading(k, note: str | None) -> str:
+    if k is None:
+        return note or "not available"
+    if k < 0.5:
+        return f"{k:.2f}: reliable -- importance reweighting of q(θ|D) by 1/p(D_f|θ) can be trusted for this request"
+    if k < 0.7:
+        return f"{k:.2f}: usable but noisy -- the request moves the posterior noticeably"
+    return (f"{k:.2f} (> 0.7): unreliable -- the retrained posterior lies far in the tail of q(θ|D); "
+            "reweighting methods (psis, rkl) cannot be trusted here, and a large change is to be expected")
+
+
+def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = None) -> Path:
+    """``report.md``: the request, tables against retraining, the noise floor, figures and warnings."""
+    cfg, req, rows = doc["config"], doc["request"], doc["results"]
+    retrain_time = next((r["wall_time_s"] for r in rows if r["method"] == "retrain"), None)
+    m, d, inf = cfg["model"], cfg["data"], cfg["inference"]
+    L = ["# Unlearning report", "",
+         f"Written by `bayes-unlearn run` (seed {cfg['seed']}). Every method removed the same forget set "
+         "D_f from the same posterior q(θ|D) and is compared with **exact retraining**: the same inference "
+         f"(`{inf['method']}`) run from scratch on the retained data D_r.", "",
+         "## The request", "",
+         "| | |", "|---|---|",
+         f"| data | `{d['name']}`: {req['num_train']} training points |",
+         f"| model | `{m['name']}` " + ", ".join(f"{k}={v}" for k, v in m.items() if k != "name") + " |",
+         f"| inference | `{inf['method']}` " + ", ".join(f"{k}={v}" for k, v in inf.get("options", {}).items())
+         + f" ({req['num_params']} parameters, posterior structure `{req['structure']}`, "
+         f"fitted in {req['fit_time_s']:.1f} s) |",
+         f"| forget set | `{cfg['forget']['kind']}`: {req['num_forget']} points forgotten, {req['num_retain']} kept |",
+         f"| PSIS k̂ of the request | {_khat_reading(req['psis_khat'], req.get('psis_note'))} |", ""]
+    if req.get("fit_warnings"):
+        L += ["Fit warnings: " + "; ".join(req["fit_warnings"]), ""]
+    L += ["## Against exact retraining", "",
+          "Distances are averaged over the inputs of each split between moment-matched Gaussian predictives "
+          "(method ‖ retrain). **Gap closed** = 1 − d(method, retrain) / d(none, retrain): 1 is as good as "
+          "retraining, 0 is no better than doing nothing, negative is worse than doing nothing. "
+          "Speed-up = retraining time / method time.", "",
+          "| method | time (s) | speed-up | gap closed D_f | gap closed D_r | gap closed test | KL D_f | KL D_r | "
+          "KL test | W₂ test |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("error"):
+            L.append(f"| {r['method']} | failed | | | | | | | | |")
+            continue
+        x, t = r["metrics"], r["wall_time_s"]
+        speed = retrain_time / t if retrain_time and t else None
+        flag = " ⚠" if r.get("diverged") else ""
+        L.append(f"| {r['method']}{flag} | {_f(t, '.2f')} | {_f(speed, '.1f')} | "
+                 + " | ".join(_f(x.get(f"{s}/gap_closed"), ".2f") for s in _SPLITS) + " | "
+                 + " | ".join(_f(x.get(f"{s}/predictive_kl")) for s in _SPLITS) + f" | {_f(x.get('test/w2'))} |")
+    nf = doc.get("noise_floor") or {}
+    if nf:
+        L += ["", "**Noise floor** (two retrainings with different seeds, the same distances): KL "
+              + ", ".join(f"{s} {_f(nf.get(f'{s}/predictive_kl'))}" for s in _SPLITS)
+              + "; W₂ test " + _f(nf.get("test/w2")) + ". A method whose distance to `retrain` is at this level "
+              "is as close as a second retraining would be; gap closed cannot meaningfully exceed "
+              "1 − floor / d(none, retrain)."]
+    L += ["", "### Fit to the data", "",
+          "| method | RMSE D_f | RMSE D_r | RMSE test | NLL D_f | NLL D_r | NLL test | std in deleted region | "
+          "elpd_loo on D_r |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("error"):
+            continue
+        x = r["metrics"]
+        L.append(f"| {r['method']} | " + " | ".join(_f(x.get(f"{s}/rmse")) for s in _SPLITS) + " | "
+                 + " | ".join(_f(x.get(f"{s}/nll")) for s in _SPLITS)
+                 + f" | {_f(x.get('region/predictive_std'))} | {_f(x.get('retain/elpd_loo'), '.1f')} |")
+    weight_keys = [k for k in ("weight/kl", "weight/w2", "weight_warm/kl", "weight_warm/w2")
+                   if any(k in r["metrics"] for r in rows)]
+    if weight_keys:
+        ref = "`retrain`" if weight_keys[0].startswith("weight/") else ("`retrain-warm` (a net's retrained mode "
+                                                                          "need not match; warm start keeps it)")
+        L += ["", f"Weight-space Gaussian distances to {ref}:", "",
+              "| method | " + " | ".join(k.split("/")[1].upper() for k in weight_keys) + " |",
+              "|---|" + "---:|" * len(weight_keys)]
+        L += [f"| {r['method']} | " + " | ".join(_f(r["metrics"].get(k)) for k in weight_keys) + " |"
+              for r in rows if not r.get("error")]
+    if figures:
+        L += ["", "## Figures", ""]
+        for caption, rel in figures.items():
+            L += [f"![{caption}]({rel})", "", f"*{caption}.*", ""]
+    warned = [r for r in rows if r["warnings"]]
+    if warned:
+        L += ["", "## Warnings", ""]
+        for r in warned:
+            L += [f"- **{r['method']}**: " + " | ".join(w.replace("\n", " ") for w in r["warnings"])]
+    L += ["", "## Files", "",
+          "`metrics.json` (everything above), `metrics.csv` (one row per method), `config.toml` (the resolved "
+          "configuration: `bayes-unlearn run --config config.toml` repeats the run), `environment.json`, "
+          "`figures/*.png`, `posteriors/<method>.nc` (ArviZ InferenceData: `az.from_netcdf`) and "
+          "`posteriors/<method>_summary.csv` (`az.summary` of each latent site).", ""]
+    path = Path(path)
+    path.write_text("\n".join(L))
+    return path
+
