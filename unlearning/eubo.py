@@ -18,6 +18,17 @@ beyond ``max_scale_ratio`` × its old value -- and then the fit stops, the resul
 ``diverged`` and the warning names the remedies. On divergence the *old* posterior is
 returned unchanged (measured on the region-deletion BNN: snapshots taken before the runaway rule
 fired were already far worse than doing nothing, so no partial result is trustworthy).
+
+Whitening (``whiten=True``, the default for diagonal, full and precision posteriors): the guide is
+fitted over z with θ = μ + A z, q(θ|D) = N(μ, A Aᵀ), so that the old posterior is N(0, I) in z
+and the warm start is the identity (``objective.Whitening``). The objective is the same; the
+optimiser's steps are measured in old-posterior standard deviations in every direction. Measured
+on the region-deletion BNN (1153 parameters, GGN Laplace posterior whose precision spans 1 to 7e5):
+without it, Adam at lr 0.003 on the raw Cholesky entries wrecks the posterior even when nothing is
+forgotten (gap closed -47 to -93 for eubo-adjusted); with it, -5.8 (quantile 0.99) and -0.99
+(quantile 0.5). Still worse than doing nothing: the adjusted likelihood's hard threshold gives a
+reparameterisation gradient that ignores the boundary of the ball, and the plain objective stays
+unbounded (``eubo`` still diverges, detected).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from inference.posterior import Posterior
 from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
 from .base import ForgetSet, forget_bound, register
-from .objective import ForgetLikelihood, embed_active, prior_distribution, unlearning_model
+from .objective import ForgetLikelihood, Whitening, embed_active, prior_distribution, unlearning_model
 
 __all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
 
@@ -57,19 +68,25 @@ def gaussian_fields(old: Posterior, family: str) -> dict[str, torch.Tensor]:
 def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, progress: bool = False,
                 num_steps: int = 4000, lr: float = 0.003, window: int = 200, max_plateaus: int = 6,
                 num_particles: int = 1, runaway: float = 10.0, max_scale_ratio: float = 100.0,
-                elbo: str = "direct") -> dict:
+                elbo: str = "direct", whiten: bool = True) -> dict:
     """Fit a guide of the old posterior's family to the unlearning model; detect divergence.
 
+    ``whiten`` fits the guide in the old posterior's whitened coordinates (module docstring).
     ``elbo="direct"`` (default) evaluates the unlearning model's log density
     log q(θ|D) - log p_adj(D_f|θ) as a plain function of θ (inference.svi.DirectELBO: the same
     objective and draws as ``Trace_ELBO``, without Pyro's per-step tracing); ``"trace"`` runs Pyro's
     ``Trace_ELBO`` on the unlearning model."""
     family = guide_family_for(old)
-    model = unlearning_model(old, forget)
+    white = Whitening(old) if whiten and old.structure in Whitening.STRUCTURES else None
+    model = unlearning_model(old, forget, white)
     prior, embed = prior_distribution(old), embed_active(old)
+    to_theta = (lambda v: v) if white is None else white.theta  # noqa: E731
+    to_fields = (lambda f: f) if white is None else white.fields  # noqa: E731
+    if white is not None:
+        prior = pyro.distributions.Normal(torch.zeros_like(white.mu), 1.0).to_event(1)
 
-    def log_joint(theta):  # the unlearning model's log density: θ ~ q(θ|D); factor(-log p_adj(D_f|θ))
-        return prior.log_prob(theta) - forget(embed(theta))
+    def log_joint(v):  # the unlearning model's log density: θ ~ q(θ|D); factor(-log p_adj(D_f|θ))
+        return prior.log_prob(v) - forget(embed(to_theta(v)))
     old_std = old.to_active_distribution().variance.sqrt()
     k = len(forget.x_f)
     check_every = min(window, 25)  # divergence can set in within one convergence window
@@ -78,7 +95,13 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         torch.manual_seed(seed)
         guide = make_guide(model, family, layout=None)
         guide()
-        warm_start_guide(guide, family, gaussian_fields(old, family))
+        if white is None:
+            warm_start_guide(guide, family, gaussian_fields(old, family))
+        else:  # q(θ|D) is N(0, I) in z
+            k, dt = len(white.mu), white.mu.dtype
+            eye = {"loc": torch.zeros(k, dtype=dt), "scale": torch.ones(k, dtype=dt)} if family == "meanfield" \
+                else {"loc": torch.zeros(k, dtype=dt), "scale_tril": torch.eye(k, dtype=dt)}
+            warm_start_guide(guide, family, eye)
         losses: list[float] = []
 
         def monitor(step: int, loss: float):
@@ -88,7 +111,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
             if (step + 1) % check_every:
                 return None
             mean = sum(losses[-check_every:]) / check_every
-            fields = guide_to_fields(guide, family)
+            fields = to_fields(guide_to_fields(guide, family))
             q = _std(fields, family)
             ratio = float((q / old_std).max())
             if mean < state["first"] - runaway * (abs(state["first"]) + k):
@@ -107,7 +130,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         except DivergenceError as e:
             state["reason"] = str(e)
             rep = {"steps": len(losses), "losses": losses, "converged": False}
-        final = guide_to_fields(guide, family) if not state["reason"] else gaussian_fields(old, family)
+        final = to_fields(guide_to_fields(guide, family)) if not state["reason"] else gaussian_fields(old, family)
     warnings = []
     if state["reason"]:
         warnings.append(f"diverged after {len(losses)} steps: {state['reason']}; NOTHING WAS UNLEARNED: the old "
@@ -135,7 +158,8 @@ def _std(fields: dict, family: str) -> torch.Tensor:
     return fields["scale_tril"].pow(2).sum(-1).sqrt()
 
 
-_OPTS = ("num_steps", "lr", "window", "max_plateaus", "num_particles", "runaway", "max_scale_ratio", "elbo")
+_OPTS = ("num_steps", "lr", "window", "max_plateaus", "num_particles", "runaway", "max_scale_ratio", "elbo",
+         "whiten")
 
 
 @register("eubo", "re-fit the guide to q(θ|D)/p(D_f|θ) (likelihood-subtracted ELBO; Nguyen et al. 2020)",

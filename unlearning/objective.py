@@ -42,7 +42,8 @@ import torch
 from inference.latent import BoundModel
 from inference.posterior import Posterior
 
-__all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution", "embed_active"]
+__all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution", "embed_active",
+           "Whitening"]
 
 
 def lambda_from_quantile(d: int, quantile: float) -> float:
@@ -141,16 +142,52 @@ def prior_distribution(old: Posterior) -> torch.distributions.Distribution:
     return dist.MultivariateNormal(q.loc, scale_tril=q.scale_tril)
 
 
-def unlearning_model(old: Posterior, forget: ForgetLikelihood):
+class Whitening:
+    """The affine map z ↦ θ = μ + A z with q(θ|D) = N(μ, A Aᵀ), so that z ~ N(0, I) under q(θ|D).
+
+    A is the old posterior's scale (a vector for "diag", its lower Cholesky factor for "full" and
+    "precision"), over the active coordinates. A Gaussian guide N(m, S Sᵀ) on z is the Gaussian
+    N(μ + A m, (A S)(A S)ᵀ) on θ; with S lower triangular (or diagonal) so is A S, so the mapped
+    guide keeps its structure. Optimising in z preconditions the re-fit by the old posterior's
+    covariance: a step of the same size means the same fraction of a posterior std in every direction.
+    """
+
+    STRUCTURES = ("diag", "full", "precision")
+
+    def __init__(self, old: Posterior):
+        if old.structure not in self.STRUCTURES:
+            raise ValueError(f"whitening needs a {self.STRUCTURES} posterior, not {old.structure!r}")
+        q = old.to_active_distribution()
+        self.mu = old.loc if old.active is None else old.loc[old.active]
+        self.diag = old.structure == "diag"
+        self.A = q.variance.sqrt() if self.diag else q.scale_tril
+
+    def theta(self, z: torch.Tensor) -> torch.Tensor:
+        A, mu = self.A.to(z.dtype), self.mu.to(z.dtype)
+        return mu + (A * z if self.diag else z @ A.T)
+
+    def fields(self, f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Guide fields on z (loc + scale or scale_tril) as fields on θ."""
+        A = self.A.to(f["loc"].dtype)
+        if "scale" in f:
+            return {"loc": self.theta(f["loc"]), "scale": A * f["scale"]}
+        return {"loc": self.theta(f["loc"]), "scale_tril": (A[:, None] * f["scale_tril"]) if self.diag
+                else A @ f["scale_tril"]}
+
+
+def unlearning_model(old: Posterior, forget: ForgetLikelihood, whitening: Whitening | None = None):
     """The Pyro program  θ ~ q(θ|D); factor(-log p_adj(D_f|θ))  over one flat site ``theta``.
 
     For a posterior restricted to ``active`` coordinates the site holds those only; the others stay
-    at the old mean."""
+    at the old mean. With ``whitening`` the site is z ~ N(0, I) and θ = μ + A z (the same model)."""
     prior = prior_distribution(old)
     embed = embed_active(old)
+    if whitening is not None:
+        k = len(whitening.mu)
+        prior = dist.Normal(torch.zeros(k, dtype=whitening.mu.dtype), 1.0).to_event(1)
 
     def model(*_):
         theta = pyro.sample("theta", prior)
-        pyro.factor("forget", -forget(embed(theta)))
+        pyro.factor("forget", -forget(embed(theta if whitening is None else whitening.theta(theta))))
         return theta
     return model
