@@ -39,6 +39,7 @@ _MAP_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_st
              "batch_size"}
 _LAPLACE_OPTS = _MAP_OPTS | {"curvature", "structure", "subset", "repair", "floor"}
 _NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
+MAP_GRAD_TOL = 1e-2  # gradient norm at θ* above which the Laplace fit warns that θ* is not a mode
 ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
                    "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
 
@@ -118,6 +119,11 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                                                  "batch_size")}
         meta["losses"] = report["losses"]
         meta["curvature"] = facts
+        if report["grad_norm_at_map"] > MAP_GRAD_TOL:
+            meta["warnings"].append(
+                f"the MAP search stopped at ‖∇ log p(θ, D)‖ = {report['grad_norm_at_map']:.3g} (> {MAP_GRAD_TOL}): "
+                "θ* is not a mode, so the Laplace approximation and Newton down-dates from it are off; raise "
+                "lbfgs_steps or num_steps")
         if facts.get("repair"):
             meta["warnings"].append(f"Laplace precision was repaired: {facts['repair']}")
         structure = "diag" if "scale" in fields else "precision"

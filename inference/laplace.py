@@ -44,9 +44,14 @@ class NotPositiveDefiniteError(ValueError):
 
 
 def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, num_steps: int = 3000,
-             lr: float = 0.01, init_loc: torch.Tensor | None = None, lbfgs_steps: int = 200,
+             lr: float = 0.01, init_loc: torch.Tensor | None = None, lbfgs_steps: int = 5000,
              progress: bool = True, **options) -> tuple[torch.Tensor, dict]:
-    """θ* by SVI on ``AutoLaplaceApproximation`` then float64 L-BFGS; returns (θ* in float64, report)."""
+    """θ* by SVI on ``AutoLaplaceApproximation`` then float64 L-BFGS; returns (θ* in float64, report).
+
+    L-BFGS runs until the largest gradient entry is below 1e-7 or ``lbfgs_steps`` iterations: the
+    Laplace approximation and every down-date assume ∇ log p(θ*, D) = 0. Measured on the default
+    1-32-32-1 BNN (n = 300): 200 iterations left ‖∇‖ = 584 (larger than the forget set's own
+    gradient, 225), 1000 left 3.3, 3000 reached 2e-4 (10.7 s for the whole fit)."""
     t0 = time.perf_counter()
     options.setdefault("window", 100)
     options.setdefault("max_plateaus", 4)
@@ -75,7 +80,7 @@ def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int =
 def lbfgs_maximise(objective, theta: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
     """argmax of a scalar objective by float64 L-BFGS with strong-Wolfe line search, from θ."""
     theta = theta.detach().to(torch.float64).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-12,
                             history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
