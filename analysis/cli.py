@@ -2,9 +2,8 @@
 
 Sub-commands: ``run`` (a whole unlearning experiment from a TOML config into a results folder,
 ``analysis.experiment``), ``methods`` (list the registered inference and unlearning methods),
-``pitfalls`` (the pitfalls study, ``analysis.pitfalls``), ``demo`` (fit and predict on the
-synthetic 1-D set) and ``region-study`` (the BNN region deletion
-against retraining, ``analysis.region_study``). Every sub-command has ``--help``.
+``pitfalls`` (the pitfalls study, ``analysis.pitfalls``) and ``demo`` (fit and predict on the
+synthetic 1-D set). Every sub-command has ``--help``.
 """
 
 from __future__ import annotations
@@ -63,17 +62,6 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(["--seed", str(args.seed)] + (["--no-progress"] if args.no_progress else []))
 
 
-def _region_study(args: argparse.Namespace) -> int:
-    from .region_study import main as study_main
-
-    argv = ["--family", args.family, "--seed", str(args.seed)]
-    if args.methods:
-        argv += ["--methods", args.methods]
-    if args.out:
-        argv += ["--out", args.out]
-    return study_main(argv)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayes-unlearn",
                                  description="Bayesian machine unlearning of neural regression models (Pyro).")
@@ -100,15 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pitfalls)
     p = sub.add_parser("methods", help="list the registered inference (and unlearning) methods")
     p.set_defaults(func=_methods)
-    from .region_study import FAMILY_OPTIONS
-
-    p = sub.add_parser("region-study", help="BNN region deletion: every unlearning method against retraining")
-    p.add_argument("--family", default="laplace", choices=sorted(FAMILY_OPTIONS), help="inference family")
-    p.add_argument("--methods", default=None, help='space-separated, each NAME or NAME:key=value,... '
-                   '(default: every Bayesian method)')
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.set_defaults(func=_region_study)
     return ap
 
 

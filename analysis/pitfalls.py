@@ -1,6 +1,6 @@
 """The pitfalls study: where Bayesian unlearning of a BNN breaks, measured against exact retraining.
 
-Setup (as ``analysis.region_study``): ``synthetic_1d(n=300, seed)``, a 1-32-32-1 tanh
+Setup (the default of ``bayes-unlearn run``): ``synthetic_1d(n=300, seed)``, a 1-32-32-1 tanh
 ``BayesianMLP`` (fan-in prior, σ = 0.1, d = 1153), a full-GGN Laplace posterior q(θ | D) = N(θ*, Λ⁻¹);
 the forget set D_f is the region x ∈ (1.5, 3.5) unless said otherwise. Every method is scored by the
 averaged per-input predictive KL (moment-matched Gaussians, ``analysis.metrics``) to ``retrain``
@@ -66,7 +66,6 @@ from unlearning.objective import lambda_from_quantile
 
 from .figures import plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
 from .metrics import gap_closed, predictive_kl
-from .region_study import FAMILY_OPTIONS, parse_variant
 
 __all__ = ["run", "main", "CONFIGS"]
 
@@ -93,6 +92,19 @@ CONFIGS = {
               "eubo": {"num_steps": 40, "window": 20}, "rkl": {"num_samples": 300},
               "fraction_methods": ("laplace-downdate", "eubo-adjusted", "rkl")},
 }
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'eubo-adjusted:quantile=0.5,lr=0.01' -> ('eubo-adjusted', {'quantile': 0.5, 'lr': 0.01})."""
+    name, _, rest = text.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return name, opts
 
 
 def _clean(v):
@@ -179,7 +191,7 @@ def _method_options(method: str, cfg: dict) -> dict:
 
 def _fit(data, cfg: dict, seed: int, curvature: str = "ggn", progress: bool = False, **extra):
     model = BayesianMLP(1, tuple(cfg["hidden"]), "tanh", prior_scale="fan_in", noise=0.1)
-    opts = {**FAMILY_OPTIONS["laplace"], **cfg["fit"], "curvature": curvature, **extra}
+    opts = {"structure": "full", **cfg["fit"], "curvature": curvature, **extra}
     t0 = time.perf_counter()
     post = fit(model, data.x, data.y, "laplace", seed=seed, progress=progress, **opts)
     return post, time.perf_counter() - t0
