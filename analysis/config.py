@@ -12,7 +12,13 @@ empty or the whole data set -- and a :class:`ConfigError` names the offending ke
     [inference]   method = "laplace" | "meanfield" | "lowrank" | "fullrank" | "nuts"; [inference.options]
     [forget]      kind = "region" (low, high, dim) | "random" (size or fraction) | "indices" (indices)
     [methods]     run = ["all"] or names; skip = [...]; [methods.options.<name>] per-method options
-    [analysis]    predictive_samples, posterior_draws, psis_samples, noise_floor, figures, netcdf, threads
+    [analysis]    predictive ("linearised" | "sampled"), predictive_samples, posterior_draws, psis_samples,
+                  noise_floor, figures, netcdf, threads
+
+``analysis.predictive`` (default "linearised"): every posterior is compared through its linearised
+(GLM) predictive, m(x, μ) ± (v(x, μ) + J Σ Jᵀ)^½ around its own mean and covariance
+(``inference.predict``), the predictive the GGN Laplace approximation is built for; "sampled"
+pushes ``predictive_samples`` weight draws through the net instead (moment-matched).
 
 ``analysis.threads`` (default 1) fixes torch's intra-op thread count for the run: floating-point
 reductions depend on it, a BNN's MAP can land in another mode when they change, and the same
@@ -55,7 +61,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "forget": {"kind": "region"},
     "methods": {"run": ["all"], "skip": [], "options": {}},
     "analysis": {"predictive_samples": 200, "posterior_draws": 200, "psis_samples": 1000, "noise_floor": True,
-                 "figures": True, "netcdf": True, "threads": 1},
+                 "figures": True, "netcdf": True, "threads": 1, "predictive": "linearised"},
 }
 # --quick: a smaller net, fewer points and shorter optimisations (under a minute on 2 cores)
 QUICK_OVERRIDES: dict[str, Any] = {
@@ -70,7 +76,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "analysis": {"predictive_samples": 100, "posterior_draws": 100, "psis_samples": 500},
 }
 _ANALYSIS_TYPES = {"predictive_samples": int, "posterior_draws": int, "psis_samples": int, "noise_floor": bool,
-                   "figures": bool, "netcdf": bool, "threads": int}
+                   "figures": bool, "netcdf": bool, "threads": int, "predictive": str}
 _FORGET_KEYS = {"region": {"kind", "low", "high", "dim"}, "random": {"kind", "size", "fraction", "seed"},
                 "indices": {"kind", "indices"}}
 
@@ -145,6 +151,8 @@ def resolve(cfg: dict) -> dict:
     _check_keys(methods, {"run", "skip", "options"}, "methods")
     methods_to_run(cfg)  # checks names and options
     _check_keys(analysis, set(_ANALYSIS_TYPES), "analysis")
+    if analysis.get("predictive") not in ("linearised", "sampled"):
+        raise ConfigError(f"analysis.predictive must be 'linearised' or 'sampled', got {analysis.get('predictive')!r}")
     for key, typ in _ANALYSIS_TYPES.items():
         v = analysis.get(key)
         if not isinstance(v, typ) or (typ is int and (isinstance(v, bool) or v < 1)):

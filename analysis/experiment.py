@@ -1,7 +1,7 @@
 """One unlearning experiment against exact retraining: ``bayes-unlearn run`` (DESIGN.md §5).
 
 Fit q(θ|D) with the configured inference family, remove D_f with every configured method, and score
-each result against ``retrain`` (the same inference from scratch on D_r, same family) on the
+each result (through its linearised predictive by default, ``analysis.predictive``) against ``retrain`` (the same inference from scratch on D_r, same family) on the
 forget set D_f, the retained set D_r and the held-out test set (and a 1-D input grid when the data
 has one). Per split, with p_m the method's and p_r the retrained moment-matched predictive:
 
@@ -126,10 +126,10 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     inputs = {"forget": (xf, yf), "retain": (xr, yr), "test": (data.x_test, data.y_test)}
     if data.x_grid is not None:
         inputs["grid"] = (data.x_grid, None)
-    S = an["predictive_samples"]
+    S, linear_pred = an["predictive_samples"], an["predictive"] == "linearised"
 
     def predictions(p: Posterior) -> dict[str, Prediction]:
-        return {s: predict(p, x, num_samples=S, seed=seed) for s, (x, _) in inputs.items()}
+        return {s: predict(p, x, num_samples=S, seed=seed, linearised=linear_pred) for s, (x, _) in inputs.items()}
 
     opts = cfg["methods"].get("options", {})
     bar = tqdm(methods, desc="unlearning methods", disable=not progress)

@@ -69,8 +69,11 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
     if req.get("fit_warnings"):
         L += ["Fit warnings: " + "; ".join(req["fit_warnings"]), ""]
     L += ["## Against exact retraining", "",
-          "Distances are averaged over the inputs of each split between moment-matched Gaussian predictives "
-          "(method ‖ retrain). **Gap closed** = 1 − d(method, retrain) / d(none, retrain): 1 is as good as "
+          "Distances are averaged over the inputs of each split between Gaussian predictives (method ‖ retrain): "
+          + ("linearised (GLM) predictives m(x, μ) ± (σ² + J Σ Jᵀ)^½ around each posterior's mean and covariance. "
+             if cfg["analysis"].get("predictive") == "linearised" else
+             f"moment-matched from {cfg['analysis']['predictive_samples']} weight draws. ")
+          + "**Gap closed** = 1 − d(method, retrain) / d(none, retrain): 1 is as good as "
           "retraining, 0 is no better than doing nothing, negative is worse than doing nothing. "
           "Speed-up = retraining time / method time.", "",
           "| method | time (s) | speed-up | gap closed D_f | gap closed D_r | gap closed test | KL D_f | KL D_r | "

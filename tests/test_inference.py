@@ -700,3 +700,23 @@ def test_posterior_is_immutable(blr_fullrank):
         q.loc = torch.zeros(4)
     r = q.replace(loc=q.loc + 1)
     assert torch.equal(r.loc, q.loc + 1) and not torch.equal(r.loc, q.loc)
+
+
+def test_linearised_predictive_is_exact_for_linear_regression():
+    """For a linear mean function the linearisation is exact: mean xᵀμ + b and variance
+    x̃ᵀΣx̃ + σ² of the closed-form posterior predictive (float64 round-off only)."""
+    from models import BayesianLinearRegression
+    from inference import fit, predict
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(50, generator=g)
+    model = BayesianLinearRegression(3, prior_scale=1.0, noise=0.1)
+    post = fit(model, x, y, "laplace", progress=False)
+    xt = torch.randn(7, 3, generator=g)
+    pred = predict(post, xt, linearised=True)
+    mean, cov = model.exact_posterior(x, y)
+    X = torch.cat([xt, torch.ones(7, 1)], 1).double()  # [w, b] order of exact_posterior
+    assert torch.allclose(pred.mean.double(), X @ mean.double(), atol=1e-6)
+    assert torch.allclose(pred.std.double() ** 2, (X @ cov.double() @ X.T).diagonal() + 0.01, atol=1e-9)
+    assert pred.means.shape == (1, 7) and torch.all(pred.epistemic_std < pred.std)
