@@ -68,6 +68,17 @@ def _arr(a, name: str) -> np.ndarray:
     return out
 
 
+def _arrays(mapping: Mapping[str, object], what: str, of: str) -> dict[str, np.ndarray]:
+    """label -> non-empty 1-D array, for a mapping of label -> array-like ``of`` something."""
+    if not mapping:
+        raise ValueError(f"{what} is empty: give label -> {of}")
+    out = {label: _arr(v, f"{of} of {label!r}") for label, v in mapping.items()}
+    for label, a in out.items():
+        if a.size == 0:
+            raise ValueError(f"{of} of {label!r} are empty")
+    return out
+
+
 def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if len(a) != len(b):
         raise ValueError(f"{name_a} has {len(a)} values but {name_b} has {len(b)}; they must match")
@@ -282,14 +293,7 @@ def plot_gap_closed(path, rows: Sequence[Mapping]) -> Path:
 
 def plot_spectra(path, spectra: Mapping[str, object]) -> Path:
     """Sorted eigenvalues (largest first) per label on a symlog axis; negative ones circled and counted."""
-    if not spectra:
-        raise ValueError("spectra is empty: give label -> eigenvalues")
-    vals = {}
-    for label, ev in spectra.items():
-        a = _arr(ev, f"eigenvalues of {label!r}")
-        if a.size == 0:
-            raise ValueError(f"eigenvalues of {label!r} are empty")
-        vals[label] = a
+    vals = _arrays(spectra, "spectra", "eigenvalues")
     mags = np.concatenate([np.abs(_finite(a)) for a in vals.values()])
     mags = mags[mags > 0]
     top = float(mags.max()) if mags.size else 1.0
@@ -352,14 +356,7 @@ def _running_mean(a: np.ndarray, window: int) -> np.ndarray:
 
 def plot_loss_curves(path, curves: Mapping[str, Sequence[float]]) -> Path:
     """Loss per step per label: raw (faint) and running mean; symlog y when the values span decades."""
-    if not curves:
-        raise ValueError("curves is empty: give label -> losses per step")
-    data = {}
-    for label, c in curves.items():
-        a = _arr(c, f"losses of {label!r}")
-        if a.size == 0:
-            raise ValueError(f"losses of {label!r} are empty")
-        data[label] = a
+    data = _arrays(curves, "curves", "losses per step")
     allv = np.concatenate([_finite(a) for a in data.values()])
     mags = np.abs(allv[allv != 0])
     span = float(mags.max() / mags.min()) if mags.size else 1.0
