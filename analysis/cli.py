@@ -50,12 +50,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pitfalls(args: argparse.Namespace) -> int:
-    from .pitfalls import main as pitfalls_main
-
-    return pitfalls_main(args.args)
-
-
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -84,14 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     p = sub.add_parser("pitfalls", add_help=False, help="the pitfalls study (λ sweep, indefinite down-dates, region "
                        "vs random deletion, deletion fraction); `bayes-unlearn pitfalls --help` for its options")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_pitfalls)
     p = sub.add_parser("methods", help="list the registered inference (and unlearning) methods")
     p.set_defaults(func=_methods)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pitfalls"]:  # its own argument parser (and --help)
+        from .pitfalls import main as pitfalls_main
+
+        return pitfalls_main(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):

@@ -60,3 +60,11 @@ def test_cli_help_lists_the_subcommands(capsys):
     for cmd in ("run", "methods", "pitfalls", "demo"):
         assert cmd in out
     assert main([]) == 2  # no sub-command: help and a usage exit code
+
+
+def test_pitfalls_subcommand_has_its_own_help(capsys):
+    from analysis.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["pitfalls", "--help"])
+    assert e.value.code == 0 and "--quick" in capsys.readouterr().out
