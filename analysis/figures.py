@@ -49,7 +49,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-__all__ = ["plot_predictive_bands", "plot_gap_closed", "plot_spectra", "plot_loss_curves"]
+__all__ = ["plot_predictive_bands", "plot_gap_closed", "plot_spectra", "plot_loss_curves", "save_figure"]
 
 DPI = 120
 GAP_YLIM = (-1.5, 1.2)
@@ -84,7 +84,8 @@ def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None
         raise ValueError(f"{name_a} has {len(a)} values but {name_b} has {len(b)}; they must match")
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write a matplotlib figure as PNG (parent folders created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -217,7 +218,7 @@ def plot_predictive_bands(path, x_grid, bands: Mapping[str, tuple], *, x_retain,
                  "closer to the solid black curve is better; shared y-limits from the references",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.06 if nrows > 1 else 0.09, 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ def plot_gap_closed(path, rows: Sequence[Mapping]) -> Path:
                  "d = averaged predictive KL to the retrain; red text: true value of a clipped bar",
                  fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def plot_spectra(path, spectra: Mapping[str, object]) -> Path:
                  "red circles / shaded half: negative eigenvalues, where no Gaussian posterior exists",
                  fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,4 +382,4 @@ def plot_loss_curves(path, curves: Mapping[str, Sequence[float]]) -> Path:
     ax.legend(loc="best", fontsize=9)
     ax.set_title("Loss per step (faint: raw; solid: running mean)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -3,7 +3,7 @@
 Setup (the default of ``bayes-unlearn run``): ``synthetic_1d(n=300, seed)``, a 1-32-32-1 tanh
 ``BayesianMLP`` (fan-in prior, σ = 0.1, d = 1153), a full-GGN Laplace posterior q(θ | D) = N(θ*, Λ⁻¹);
 the forget set D_f is the region x ∈ (1.5, 3.5) unless said otherwise. Every method is scored by the
-averaged per-input predictive KL (moment-matched Gaussians, ``analysis.metrics``) to ``retrain``
+averaged per-input predictive KL (linearised Gaussian predictives, ``inference.predict``, ``analysis.metrics``) to ``retrain``
 (the same inference from scratch on D_r) on D_f, D_r and a test grid, and by
 
     gap closed = 1 − d(method, retrain) / d(none, retrain)
@@ -64,7 +64,7 @@ from unlearning.base import locate_forget_set
 from unlearning.laplace import downdate, forget_curvature, old_precision
 from unlearning.objective import lambda_from_quantile
 
-from .figures import plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
+from .figures import save_figure, plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
 from .metrics import gap_closed, predictive_kl
 
 __all__ = ["run", "main", "CONFIGS"]
@@ -141,7 +141,7 @@ class Deletion:
         self.d_none = {s: predictive_kl(self.none_preds[s], self.ref_preds[s]) for s in SPLITS}
 
     def _predict(self, posterior) -> dict:
-        return {s: predict(posterior, x, seed=self.seed) for s, x in self.splits.items()}
+        return {s: predict(posterior, x, seed=self.seed, linearised=True) for s, x in self.splits.items()}
 
     def score(self, method: str, **opts) -> tuple[dict, dict | None, object]:
         """(row, predictions or None, result or None) for ``unlearn(method, **opts)`` against the retrain.
@@ -272,11 +272,7 @@ def plot_lambda_sweep(path, section: dict) -> Path:
                  f"(region deletion, {section['num_forget']} points, d = {section['dim']})\n"
                  "below the dashed line = better than doing nothing", fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,11 +412,7 @@ def plot_fraction(path, section: dict) -> Path:
                  "small forget sets: d(none, retrain) is tiny, so gap closed is a ratio of two small numbers",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -530,7 +522,7 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="bayes-unlearn pitfalls", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="docs/pitfalls", help="folder for pitfalls.json and the PNGs")
     ap.add_argument("--quick", action="store_true", help="tiny problem, few steps, 2 λ values (< 1 min)")
     ap.add_argument("--seed", type=int, default=0)
