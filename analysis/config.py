@@ -47,7 +47,7 @@ from models.datasets import (RegressionData, check_forget_indices, diabetes, for
                              forget_region, load_csv, synthetic_1d)
 
 __all__ = ["ConfigError", "DEFAULT_CONFIG", "QUICK_OVERRIDES", "load_config", "resolve", "build_data",
-           "build_model", "build_forget_indices", "methods_to_run", "dump_toml", "merge"]
+           "build_model", "build_forget_indices", "region_bounds", "methods_to_run", "dump_toml", "merge"]
 
 DATASETS = {"synthetic_1d": synthetic_1d, "diabetes": diabetes, "csv": load_csv}
 MODELS = {"mlp": BayesianMLP, "linear": BayesianLinearRegression}
@@ -211,6 +211,15 @@ def build_model(cfg: dict, in_dim: int):
         raise ConfigError(f"[model] {name}: {e}") from e
 
 
+def region_bounds(cfg: dict, data: RegressionData) -> tuple[float, float] | None:
+    """(low, high) of a region forget set (the data's removable region unless given), else None."""
+    f = cfg["forget"]
+    if f["kind"] != "region":
+        return None
+    default = data.region or (None, None)
+    return f.get("low", default[0]), f.get("high", default[1])
+
+
 def build_forget_indices(cfg: dict, data: RegressionData) -> torch.Tensor:
     """Indices of D_f in the training data; raises ConfigError for an empty or total forget set."""
     f, n = cfg["forget"], len(data.x)
@@ -219,9 +228,7 @@ def build_forget_indices(cfg: dict, data: RegressionData) -> torch.Tensor:
             if ("low" not in f or "high" not in f) and data.region is None:
                 raise ConfigError(f"forget.low and forget.high are needed: data {cfg['data']['name']!r} has no "
                                   "removable region")
-            low, high = f.get("low", data.region[0] if data.region else None), f.get("high", data.region[1]
-                                                                                    if data.region else None)
-            idx = forget_region(data.x, low, high, dim=f.get("dim", 0))
+            idx = forget_region(data.x, *region_bounds(cfg, data), dim=f.get("dim", 0))
         elif f["kind"] == "random":
             if ("size" in f) == ("fraction" in f):
                 raise ConfigError("forget: give exactly one of forget.size or forget.fraction for kind='random'")

@@ -46,7 +46,7 @@ from inference.predict import Prediction
 from models.datasets import split
 from unlearning import unlearn
 
-from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run
+from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
 from .metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d, nll, rmse
 
 __all__ = ["run_experiment", "SPLITS"]
@@ -61,10 +61,6 @@ def _distances(p: Prediction, ref: Prediction) -> dict[str, float]:
     return {"predictive_kl": float(gaussian_kl_1d(*a, *b).mean()),
             "predictive_kl_reverse": float(gaussian_kl_1d(*b, *a).mean()),
             "w2": float(gaussian_w2_1d(*a, *b).mean())}
-
-
-def _finite_or_none(v: Any) -> Any:
-    return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
 def _weight_metrics(post: Posterior, ref: Posterior) -> dict[str, float]:
@@ -184,15 +180,15 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xf, yf, fit_time),
                            "noise_floor": {}, "results": results}
     if an["noise_floor"]:
-        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False)
+        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False, **opts.get("retrain", {}))
         other_pred = predictions(other.posterior)
         doc["noise_floor"] = {f"{s}/{k}": v for s in inputs
                               for k, v in _distances(other_pred[s], ref_pred[s]).items()}
         doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
     if an["netcdf"]:
         _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results)
+    # JSON-able, with NaN/inf (e.g. gap closed when d(none, retrain) = 0) written as null
     doc = json.loads(json.dumps(doc, default=_json_default), parse_constant=lambda c: None)
-    doc = _nan_to_none(doc)
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     from .report import write_csv, write_report
 
@@ -210,22 +206,13 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
-def _nan_to_none(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _nan_to_none(u) for k, u in v.items()}
-    if isinstance(v, list):
-        return [_nan_to_none(u) for u in v]
-    return _finite_or_none(v)
-
-
 def _region_mask(cfg: dict, data) -> torch.Tensor | None:
-    f = cfg["forget"]
-    if f["kind"] != "region" or data.x_grid is None:
+    """Grid points inside the deleted region (None without a grid or a region)."""
+    region = region_bounds(cfg, data)
+    if region is None or data.x_grid is None:
         return None
-    low = f.get("low", data.region[0] if data.region else None)
-    high = f.get("high", data.region[1] if data.region else None)
-    g = data.x_grid[:, f.get("dim", 0)]
-    mask = (g >= low) & (g <= high)
+    g = data.x_grid[:, cfg["forget"].get("dim", 0)]
+    mask = (g >= region[0]) & (g <= region[1])
     return mask if bool(mask.any()) else None
 
 
@@ -284,13 +271,8 @@ def _figures(folder: Path, cfg: dict, data, post: Posterior, runs: dict, doc: di
     out: dict[str, str] = {}
     if data.x_grid is not None and data.x.shape[1] == 1:
         bands = {n: (p["grid"].mean, p["grid"].std) for n, (_, p) in runs.items()}
-        region = None
-        if cfg["forget"]["kind"] == "region":
-            f = cfg["forget"]
-            region = (f.get("low", data.region[0] if data.region else None),
-                      f.get("high", data.region[1] if data.region else None))
         fg.plot_predictive_bands(folder / "predictive.png", data.x_grid[:, 0], bands, x_retain=xr[:, 0], y_retain=yr,
-                                 x_forget=xf[:, 0], y_forget=yf, region=region)
+                                 x_forget=xf[:, 0], y_forget=yf, region=region_bounds(cfg, data))
         out["Predictive mean ± 2 std of each method (coloured) against the full posterior (dashed) and "
             "exact retraining (black); forgotten points are red crosses"] = "figures/predictive.png"
     rows = [{"method": r["method"], "split": s, "gap_closed": r["metrics"].get(f"{s}/gap_closed")}
