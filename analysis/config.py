@@ -67,7 +67,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 QUICK_OVERRIDES: dict[str, Any] = {
     "data": {"n": 120, "n_test": 100},
     "model": {"hidden": [8, 8]},
-    "inference": {"options": {"num_steps": 1000, "lbfgs_steps": 50}},
+    "inference": {"options": {"num_steps": 1000, "lbfgs_steps": 1000}},
     "methods": {"options": {"eubo": {"num_steps": 200, "window": 50},
                             "eubo-adjusted": {"num_steps": 200, "window": 50},
                             "rkl": {"num_samples": 1000}, "psis": {"num_samples": 1000},

@@ -136,8 +136,15 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         warnings.append(f"diverged after {len(losses)} steps: {state['reason']}; NOTHING WAS UNLEARNED: the old "
                         "posterior is returned unchanged. The likelihood-subtracted objective is unbounded for this "
                         "model: try method='laplace-downdate', or method='eubo-adjusted' with a smaller quantile")
-    elif not rep["converged"]:
-        warnings.append(f"the re-fit did not meet the convergence rule in {rep['steps']} steps")
+    else:
+        if not rep["converged"]:
+            warnings.append(f"the re-fit did not meet the convergence rule in {rep['steps']} steps")
+        end = sum(losses[-min(window, len(losses)):]) / min(window, len(losses))
+        if state["first"] is not None and end > state["first"] + 0.01 * abs(state["first"]) + 1.0:
+            # seen with the adjusted likelihood: its hard threshold makes the reparameterised
+            # gradient blind to the ball's boundary, and the optimiser drifts uphill
+            warnings.append(f"the objective ended higher than it started ({end:.4g} vs {state['first']:.4g}): the "
+                            "re-fit made the warm start worse by its own measure; do not trust this result")
     final = dict(final)
     loc = final.pop("loc")
     if old.active is not None:  # the guide lived on the active coordinates: put its mean back in place
