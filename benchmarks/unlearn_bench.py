@@ -6,7 +6,7 @@ unlearning wall time t_m (median over ``repeats``) is set against the wall time 
 ``retrain_repeats`` seeds) in the same process, and against its fidelity:
 
     speed-up      = t_rt / t_m
-    d(a, b)       = mean over the test grid of KL(p_a(y|x) ‖ p_b(y|x))  (moment-matched predictives,
+    d(a, b)       = mean over the test grid of KL(p_a(y|x) ‖ p_b(y|x))  (linearised predictives,
                     analysis.metrics.predictive_kl)
     gap closed    = 1 - d(method, retrain) / d(none, retrain)            (analysis.metrics.gap_closed)
     noise floor   = d(retrain with another seed, retrain): the spread between two valid retrainings
