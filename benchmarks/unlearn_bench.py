@@ -80,9 +80,9 @@ def compare(post: Posterior, x_f: torch.Tensor, y_f: torch.Tensor, grid: torch.T
         refs.append(_unlearn(post, x_f, y_f, "retrain", seed + 1 + r, {}))
         rt_times.append(time.perf_counter() - t0)
     t_rt, ref = statistics.median(rt_times), refs[0]
-    ref_pred = predict(ref.posterior, grid, seed=seed)
-    d_none = predictive_kl(predict(post, grid, seed=seed), ref_pred)
-    floor = predictive_kl(predict(refs[1].posterior, grid, seed=seed), ref_pred) if len(refs) > 1 else None
+    ref_pred = predict(ref.posterior, grid, seed=seed, linearised=True)
+    d_none = predictive_kl(predict(post, grid, seed=seed, linearised=True), ref_pred)
+    floor = predictive_kl(predict(refs[1].posterior, grid, seed=seed, linearised=True), ref_pred) if len(refs) > 1 else None
     rows = []
     for label, opts in methods.items():
         name = opts.get("method", label)
@@ -92,7 +92,7 @@ def compare(post: Posterior, x_f: torch.Tensor, y_f: torch.Tensor, grid: torch.T
         except Exception as e:  # a method that cannot run on this posterior is reported, not hidden
             rows.append({"method": label, "error": f"{type(e).__name__}: {e}"[:300]})
             continue
-        d = predictive_kl(predict(res.posterior, grid, seed=seed), ref_pred)
+        d = predictive_kl(predict(res.posterior, grid, seed=seed, linearised=True), ref_pred)
         diag = {k: v for k, v in res.diagnostics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         rows.append({"method": label, "options": options, "unlearn_s": t_m, "unlearn_s_all": times,
                      "speedup": t_rt / t_m, "kl_to_retrain": d, "gap_closed": gap_closed(d, d_none),
