@@ -2,7 +2,8 @@
 
 A configuration is a nested dictionary (written as TOML) with the sections below; a user file
 only states what differs from :data:`DEFAULT_CONFIG`. A section that changes its ``name`` (another
-data set, another model) replaces the default section instead of merging into it. Everything is
+data set, another model) or its ``method`` (another inference family) replaces the default section
+instead of merging into it. Everything is
 checked before any work starts -- unknown keys, unknown methods or options, a forget set that is
 empty or the whole data set -- and a :class:`ConfigError` names the offending key.
 
@@ -86,11 +87,13 @@ class ConfigError(ValueError):
 
 
 def merge(base: dict, over: dict) -> dict:
-    """Deep-merge ``over`` into a copy of ``base``; a section whose ``name`` changes is replaced."""
+    """Deep-merge ``over`` into a copy of ``base``; a section whose ``name`` (data, model) or ``method``
+    (inference) changes is replaced, so that the old choice's options do not leak into the new one."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("name", old.get("name")) == old.get("name"):
+        if isinstance(value, dict) and isinstance(old, dict) and all(
+                value.get(k, old.get(k)) == old.get(k) for k in ("name", "method")):
             out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)

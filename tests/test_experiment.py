@@ -160,3 +160,17 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert by["laplace-downdate"]["test/predictive_kl"] < 1e-6
     assert by["laplace-downdate"]["weight/kl"] < 1e-6
     assert math.isfinite(by["eubo"]["weight/kl"])
+
+
+def test_the_readme_example_config_is_valid(tmp_path):
+    """The TOML example in the README resolves (a changed inference method drops the Laplace options)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    text = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg["inference"] == {"method": "fullrank", "options": {"num_steps": 3000}}
+    assert cfg["data"]["name"] == "diabetes" and cfg["model"] == {"name": "linear"}
+    idx = build_forget_indices(cfg, build_data(cfg))
+    assert len(idx) == round(0.1 * len(build_data(cfg).x))
+    assert methods_to_run(cfg) == ["none", "retrain", "eubo", "rkl", "laplace-downdate"]
