@@ -720,3 +720,22 @@ def test_linearised_predictive_is_exact_for_linear_regression():
     assert torch.allclose(pred.mean.double(), X @ mean.double(), atol=1e-6)
     assert torch.allclose(pred.std.double() ** 2, (X @ cov.double() @ X.T).diagonal() + 0.01, atol=1e-9)
     assert pred.means.shape == (1, 7) and torch.all(pred.epistemic_std < pred.std)
+
+
+@pytest.mark.parametrize("method, opts", [
+    ("laplace", {"curvature": "ggn", "structure": "full", "lbfgs_steps": 50}),
+    ("laplace", {"curvature": "ggn", "structure": "last-layer", "lbfgs_steps": 50}),
+    ("meanfield", {"num_steps": 50}), ("lowrank", {"num_steps": 50, "rank": 2}), ("fullrank", {"num_steps": 50}),
+])
+def test_linearised_variance_uses_each_structure_without_a_dense_covariance(method, opts):
+    """diag(J Σ Jᵀ) computed from the structure (scale, cov_factor, scale_tril, Cholesky of Λ) equals
+    the dense einsum: 1e-6 relative covers float32 guide parameters (measured ≤ 3e-8)."""
+    from inference.predict import _diag_j_cov_jt
+
+    data = synthetic_1d(n=40)
+    post = fit(BayesianMLP(1, (6,), "tanh", prior_scale="fan_in", noise=0.1), data.x, data.y, method,
+               progress=False, **opts)
+    k = post.loc.numel() if post.active is None else len(post.active)
+    J = torch.randn(5, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dense = torch.einsum("nd,de,ne->n", J, post._active_cov().double(), J)
+    assert torch.allclose(_diag_j_cov_jt(post, J), dense, rtol=1e-6, atol=0)
