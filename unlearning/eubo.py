@@ -40,7 +40,7 @@ from inference.posterior import Posterior
 from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
 from .base import ForgetSet, forget_bound, register
-from .objective import ForgetLikelihood, Whitening, embed_active, prior_distribution, unlearning_model
+from .objective import ForgetLikelihood, Whitening, embed_active, unlearning_log_density, unlearning_model
 
 __all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
 
@@ -79,14 +79,8 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
     family = guide_family_for(old)
     white = Whitening(old) if whiten and old.structure in Whitening.STRUCTURES else None
     model = unlearning_model(old, forget, white)
-    prior, embed = prior_distribution(old), embed_active(old)
-    to_theta = (lambda v: v) if white is None else white.theta  # noqa: E731
+    log_joint = unlearning_log_density(old, forget, white)  # the same model as a plain function (direct ELBO)
     to_fields = (lambda f: f) if white is None else white.fields  # noqa: E731
-    if white is not None:
-        prior = pyro.distributions.Normal(torch.zeros_like(white.mu), 1.0).to_event(1)
-
-    def log_joint(v):  # the unlearning model's log density: θ ~ q(θ|D); factor(-log p_adj(D_f|θ))
-        return prior.log_prob(v) - forget(embed(to_theta(v)))
     old_std = old.to_active_distribution().variance.sqrt()
     k = len(forget.x_f)
     check_every = min(window, 25)  # divergence can set in within one convergence window
@@ -95,13 +89,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
         torch.manual_seed(seed)
         guide = make_guide(model, family, layout=None)
         guide()
-        if white is None:
-            warm_start_guide(guide, family, gaussian_fields(old, family))
-        else:  # q(θ|D) is N(0, I) in z
-            k, dt = len(white.mu), white.mu.dtype
-            eye = {"loc": torch.zeros(k, dtype=dt), "scale": torch.ones(k, dtype=dt)} if family == "meanfield" \
-                else {"loc": torch.zeros(k, dtype=dt), "scale_tril": torch.eye(k, dtype=dt)}
-            warm_start_guide(guide, family, eye)
+        warm_start_guide(guide, family, gaussian_fields(old, family) if white is None else white.start_fields(family))
         losses: list[float] = []
 
         def monitor(step: int, loss: float):

@@ -43,7 +43,7 @@ from inference.latent import BoundModel
 from inference.posterior import Posterior
 
 __all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution", "embed_active",
-           "Whitening"]
+           "Whitening", "unlearning_prior", "unlearning_log_density"]
 
 
 def lambda_from_quantile(d: int, quantile: float) -> float:
@@ -166,6 +166,13 @@ class Whitening:
         A, mu = self.A.to(z.dtype), self.mu.to(z.dtype)
         return mu + (A * z if self.diag else z @ A.T)
 
+    def start_fields(self, family: str) -> dict[str, torch.Tensor]:
+        """q(θ|D) itself as guide fields on z: N(0, I)."""
+        k, dt = len(self.mu), self.mu.dtype
+        if family == "meanfield":
+            return {"loc": torch.zeros(k, dtype=dt), "scale": torch.ones(k, dtype=dt)}
+        return {"loc": torch.zeros(k, dtype=dt), "scale_tril": torch.eye(k, dtype=dt)}
+
     def fields(self, f: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Guide fields on z (loc + scale or scale_tril) as fields on θ."""
         A = self.A.to(f["loc"].dtype)
@@ -175,19 +182,33 @@ class Whitening:
                 else A @ f["scale_tril"]}
 
 
+def unlearning_prior(old: Posterior, whitening: Whitening | None = None):
+    """(prior of the unlearning model's site, map from the site's value to the full θ).
+
+    The site is θ's active coordinates under q(θ|D), or with ``whitening`` z ~ N(0, I), θ = μ + A z."""
+    embed = embed_active(old)
+    if whitening is None:
+        return prior_distribution(old), embed
+    k = len(whitening.mu)
+    return (dist.Normal(torch.zeros(k, dtype=whitening.mu.dtype), 1.0).to_event(1),
+            lambda z: embed(whitening.theta(z)))
+
+
+def unlearning_log_density(old: Posterior, forget: ForgetLikelihood, whitening: Whitening | None = None):
+    """v ↦ log prior(v) - log p_adj(D_f | θ(v)): the unlearning model's log density as a plain function."""
+    prior, to_theta = unlearning_prior(old, whitening)
+    return lambda v: prior.log_prob(v) - forget(to_theta(v))
+
+
 def unlearning_model(old: Posterior, forget: ForgetLikelihood, whitening: Whitening | None = None):
     """The Pyro program  θ ~ q(θ|D); factor(-log p_adj(D_f|θ))  over one flat site ``theta``.
 
     For a posterior restricted to ``active`` coordinates the site holds those only; the others stay
     at the old mean. With ``whitening`` the site is z ~ N(0, I) and θ = μ + A z (the same model)."""
-    prior = prior_distribution(old)
-    embed = embed_active(old)
-    if whitening is not None:
-        k = len(whitening.mu)
-        prior = dist.Normal(torch.zeros(k, dtype=whitening.mu.dtype), 1.0).to_event(1)
+    prior, to_theta = unlearning_prior(old, whitening)
 
     def model(*_):
         theta = pyro.sample("theta", prior)
-        pyro.factor("forget", -forget(embed(theta if whitening is None else whitening.theta(theta))))
+        pyro.factor("forget", -forget(to_theta(theta)))
         return theta
     return model
