@@ -167,7 +167,7 @@ def resolve(cfg: dict) -> dict:
 def methods_to_run(cfg: dict) -> list[str]:
     """The unlearning methods of a run, references first; checks names and their options."""
     from unlearning import REGISTRY
-    from unlearning.base import accepted_options
+    from unlearning.base import accepted_options, applies_to
 
     m = cfg["methods"]
     run, skip = list(m.get("run", ["all"])), list(m.get("skip", []))
@@ -179,9 +179,9 @@ def methods_to_run(cfg: dict) -> list[str]:
     if set(skip) & set(REFERENCES):
         raise ConfigError(f"methods.skip: {sorted(set(skip) & set(REFERENCES))} are the references every "
                           "comparison needs and cannot be skipped")
-    chosen = list(REGISTRY) if "all" in run else run
-    out = list(REFERENCES) + [n for n in chosen if n not in REFERENCES and n not in skip]
     family = cfg["inference"]["method"]
+    chosen = [n for n in REGISTRY if applies_to(n, family)] if "all" in run else run
+    out = list(REFERENCES) + [n for n in chosen if n not in REFERENCES and n not in skip]
     for name, opts in m.get("options", {}).items():
         if name not in REGISTRY:
             raise ConfigError(f"methods.options: unknown unlearning method {name!r}; registered: {sorted(REGISTRY)}")

@@ -27,7 +27,7 @@ from torch.distributions import Normal
 
 from .latent import BoundModel
 
-__all__ = ["hessian", "ggn", "ggn_diagonal", "prior_curvature", "prior_curvature_diagonal"]
+__all__ = ["hessian", "per_example_jacobians", "scale_depends_on_theta", "whitened_jacobian", "ggn", "ggn_diagonal", "prior_curvature", "prior_curvature_diagonal"]
 
 
 def hessian(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
@@ -40,60 +40,115 @@ def hessian(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> t
     return 0.5 * (H + H.T)
 
 
+def _obs_base(fn: torch.distributions.Distribution) -> Normal:
+    base = fn
+    while hasattr(base, "base_dist"):
+        base = base.base_dist
+    if not isinstance(base, Normal):
+        raise NotImplementedError(
+            f"the GGN is implemented for Normal observations; the model's observed site is "
+            f"{type(base).__name__}: use curvature='exact' instead")
+    return base
+
+
 def _obs_params(bound: BoundModel, x: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     def params(theta: torch.Tensor):
-        fn = bound.observation(theta, x)
-        base = fn
-        while hasattr(base, "base_dist"):
-            base = base.base_dist
-        if not isinstance(base, Normal):
-            raise NotImplementedError(
-                f"the GGN is implemented for Normal observations; the model's observed site is "
-                f"{type(base).__name__}: use curvature='exact' instead")
+        base = _obs_base(bound.observation(theta, x))
         n = len(x)
         return base.loc.expand(n).reshape(n), base.scale.expand(n).reshape(n)
     return params
 
 
-def _jacobians(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor):
-    p = _obs_params(bound, x)
-    (Jm, Js), (m, s) = torch.func.jacrev(lambda t: p(t), has_aux=False)(theta), p(theta)
+def scale_depends_on_theta(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor) -> bool:
+    """Whether the observation scale s_i(θ) varies with θ (learned or heteroscedastic noise)."""
+    t = theta.detach().to(torch.float64).clone().requires_grad_(True)
+    with torch.enable_grad():
+        _, s = _obs_params(bound, x[:1].to(torch.float64))(t)
+    return bool(s.requires_grad)
+
+
+def per_example_jacobians(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, *, with_scale: bool | None = None,
+                          chunk: int = 1024):
+    """(J_m [N, d], J_s [N, d] or None, m [N], s [N]): per-example gradients of the observation's mean
+    and scale, ∇_θ m_i and ∇_θ s_i, by ``torch.func.vmap(torch.func.grad(·))`` over data points.
+
+    Cost O(N d) (one reverse pass per point, vectorised); ``jacrev`` of the batched output costs
+    O(N² d) (measured on the 1-32-32-1 net: 0.018 s against 6.0 s at N = 2048). ``with_scale=None``
+    checks once whether s depends on θ (fixed noise: J_s is None). Falls back to ``jacrev`` for a
+    model that ``vmap`` cannot batch (data-dependent Python control flow)."""
+    theta = theta.detach().to(torch.float64)
+    x = x.to(torch.float64)
+    if with_scale is None:
+        with_scale = scale_depends_on_theta(bound, x, theta)
+    m, s = _obs_params(bound, x)(theta)
+
+    def one(t: torch.Tensor, xi: torch.Tensor, which: int) -> torch.Tensor:
+        base = _obs_base(bound.observation(t, xi[None]))
+        return (base.loc if which == 0 else base.scale).reshape(-1)[0]
+
+    try:
+        Jm = torch.func.vmap(torch.func.grad(lambda t, xi: one(t, xi, 0)), in_dims=(None, 0),
+                             chunk_size=chunk)(theta, x)
+        Js = torch.func.vmap(torch.func.grad(lambda t, xi: one(t, xi, 1)), in_dims=(None, 0),
+                             chunk_size=chunk)(theta, x) if with_scale else None
+    except Exception:  # models vmap cannot batch: the O(N² d) jacrev of the batched output, in chunks
+        parts = [torch.func.jacrev(_obs_params(bound, x[i:i + 128]))(theta) for i in range(0, len(x), 128)]
+        Jm = torch.cat([p[0] for p in parts])
+        Js = torch.cat([p[1] for p in parts]) if with_scale else None
     return Jm, Js, m, s
+
+
+def whitened_jacobian(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, index: torch.Tensor | None = None,
+                      with_scale: bool | None = None, chunk: int = 1024) -> torch.Tensor:
+    """A with G = Aᵀ A: the rows ∇m_i / s_i, and √2 ∇s_i / s_i when the scale depends on θ ([N or 2N, d])."""
+    Jm, Js, _, s = per_example_jacobians(bound, x, theta, with_scale=with_scale, chunk=chunk)
+    rows = [Jm / s[:, None]] + ([] if Js is None else [Js * (2.0 ** 0.5 / s)[:, None]])
+    A = torch.cat(rows) if len(rows) > 1 else rows[0]
+    return A if index is None else A[:, index]
 
 
 def ggn(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, index: torch.Tensor | None = None,
         chunk: int = 1024) -> torch.Tensor:
-    """Dense GGN of the negative log-likelihood at θ, [d, d] (or [k, k] on coordinates ``index``)."""
+    """Dense GGN of the negative log-likelihood at θ, [d, d] (or [k, k] on coordinates ``index``),
+    accumulated over chunks of ``chunk`` points from per-example Jacobians."""
     theta = theta.detach().to(torch.float64)
     x = x.to(torch.float64)
     k = len(theta) if index is None else len(index)
     G = theta.new_zeros(k, k)
+    with_scale = scale_depends_on_theta(bound, x, theta)
     for start in range(0, len(x), chunk):
-        Jm, Js, _, s = _jacobians(bound, x[start:start + chunk], theta)
-        if index is not None:
-            Jm, Js = Jm[:, index], Js[:, index]
-        w = 1.0 / s**2
-        G += (Jm * w[:, None]).T @ Jm + 2.0 * (Js * w[:, None]).T @ Js
+        A = whitened_jacobian(bound, x[start:start + chunk], theta, index, with_scale, chunk)
+        G += A.T @ A
     return 0.5 * (G + G.T)
 
 
-def ggn_diagonal(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def ggn_diagonal(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """diag of the GGN, [d], in chunks of ``chunk`` data points."""
     theta = theta.detach().to(torch.float64)
     x = x.to(torch.float64)
     out = torch.zeros_like(theta)
+    with_scale = scale_depends_on_theta(bound, x, theta)
     for start in range(0, len(x), chunk):
-        Jm, Js, _, s = _jacobians(bound, x[start:start + chunk], theta)
-        w = 1.0 / s**2
-        out += (Jm**2 * w[:, None]).sum(0) + 2.0 * (Js**2 * w[:, None]).sum(0)
+        out += whitened_jacobian(bound, x[start:start + chunk], theta, None, with_scale, chunk).pow(2).sum(0)
     return out
 
 
 def prior_curvature(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor,
                     index: torch.Tensor | None = None) -> torch.Tensor:
-    """-∇² log p̃(θ) (dense; restricted to coordinates ``index`` when given)."""
+    """-∇² log p̃(θ) (dense; restricted to coordinates ``index`` when given).
+
+    An element-wise independent prior (every built-in model) has a diagonal Hessian: that is tested
+    with one Hessian-vector product at a random vector v (H v = diag ⊙ v holds for a random v only if
+    H is diagonal, with probability 1) and then costs two products instead of d."""
     theta = theta.detach().to(torch.float64)
     x = x.to(torch.float64)
+    d = prior_curvature_diagonal(bound, x, theta)
+    g = lambda t: torch.func.grad(lambda u: bound.log_prior(u, x))(t)  # noqa: E731
+    v = torch.randn(len(theta), generator=torch.Generator().manual_seed(0), dtype=theta.dtype)
+    hv = -torch.func.jvp(g, (theta,), (v,))[1]
+    if torch.allclose(hv, d * v, rtol=1e-10, atol=1e-10 * float(d.abs().max() + 1.0)):
+        full = torch.diag(d)
+        return full if index is None else full[index][:, index]
     if index is None:
         return -hessian(lambda t: bound.log_prior(t, x), theta)
 

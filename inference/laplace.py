@@ -116,7 +116,7 @@ def check_and_repair_precision(prec: torch.Tensor, repair: str | None = None, fl
     if repair not in (None, "clip", "damp"):
         raise ValueError(f"repair must be None, 'clip' or 'damp', got {repair!r}")
     prec = 0.5 * (prec + prec.T)
-    ev, V = torch.linalg.eigh(prec.to(torch.float64))
+    ev = torch.linalg.eigvalsh(prec.to(torch.float64))  # eigenvalues only: 2-3x cheaper than eigh
     facts = {"min_eigenvalue": float(ev.min()), "max_eigenvalue": float(ev.max()),
              "num_nonpositive": int((ev <= 0).sum()), "repair": None}
     if facts["num_nonpositive"] == 0 and torch.linalg.cholesky_ex(prec)[1] == 0:
@@ -128,6 +128,7 @@ def check_and_repair_precision(prec: torch.Tensor, repair: str | None = None, fl
             "floor) or repair='damp' (add δI), or use curvature='ggn', which is PSD by construction")
     floor = float(floor) if floor is not None else 1e-6 * float(ev.abs().max())
     if repair == "clip":
+        ev, V = torch.linalg.eigh(prec.to(torch.float64))
         ev_new = ev.clamp_min(floor)
         out = (V * ev_new) @ V.T
         facts["repair"] = {"kind": "clip", "floor": floor, "num_clipped": int((ev < floor).sum())}

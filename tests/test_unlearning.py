@@ -77,7 +77,9 @@ def test_none_keeps_the_posterior(blr, post):
     check_common(res, blr)
     assert torch.equal(res.posterior.loc, post.loc)
     assert torch.equal(res.posterior.precision, post.precision)
-    assert res.posterior.meta["unlearning"] == [{"method": "none", "num_forgotten": 20}]
+    assert res.posterior.meta["unlearning"] == [{"method": "none", "num_forgotten": 20, "verdict": "failed",
+                                                 "diverged": False}]
+    assert res.verdict["verdict"] == "failed" and not res.ok
     assert kl_to(res.posterior, blr["exact"]) == pytest.approx(0.396, abs=0.01)  # measured 0.3962
 
 

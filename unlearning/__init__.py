@@ -7,7 +7,7 @@ Methods: see :func:`describe_methods` or ``bayes-unlearn methods``.
 
 from __future__ import annotations
 
-from . import eubo, laplace, reference, reweighting, newton, lcodec  # noqa: F401  (register the methods)
+from . import eubo, laplace, reference, reweighting, newton, lcodec, refit, auto  # noqa: F401  (register the methods)
 from .api import unlearn, unlearn_sequential
 from .base import REGISTRY, UnlearningResult, accepted_options, describe_methods, locate_forget_set
 

@@ -23,7 +23,7 @@ from inference.latent import BoundModel
 from inference.posterior import Posterior
 from models.datasets import as_regression_tensors
 
-__all__ = ["UnlearningResult", "REGISTRY", "register", "describe_methods", "accepted_options", "ForgetSet",
+__all__ = ["UnlearningResult", "REGISTRY", "register", "applies_to", "describe_methods", "accepted_options", "ForgetSet",
            "locate_forget_set", "finish"]
 
 
@@ -42,11 +42,20 @@ class UnlearningResult:
     diagnostics: dict = field(default_factory=dict)
     forget_indices: torch.Tensor | None = None
     losses: tuple[float, ...] = ()   # the objective per step, for methods that optimise one
+    verdict: dict = field(default_factory=dict)  # {"verdict", "reasons", "numbers"}: unlearning.verdict
+    verdict_time_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the verdict (computed without retraining) is "ok"."""
+        return self.verdict.get("verdict") == "ok"
 
     @property
     def report(self) -> dict:
         """JSON-able report (everything but the posterior)."""
         return {"method": self.method, "options": self.options, "wall_time_s": self.wall_time_s,
+                "verdict": self.verdict.get("verdict"), "verdict_reasons": list(self.verdict.get("reasons", [])),
+                "verdict_numbers": dict(self.verdict.get("numbers", {})), "verdict_time_s": self.verdict_time_s,
                 "steps": self.steps, "final_objective": self.final_objective, "warnings": list(self.warnings),
                 "diverged": self.diverged, "diagnostics": self.diagnostics,
                 "num_forgotten": None if self.forget_indices is None else len(self.forget_indices)}
@@ -67,9 +76,17 @@ class ForgetSet:
 REGISTRY: dict[str, tuple[Callable[..., dict], str]] = {}
 # name -> options a method accepts through ``**options`` (a tuple, or a function of the inference family)
 _PASSED_ON: dict[str, Any] = {}
+# name -> the inference families a method applies to (None: every family)
+_FAMILIES: dict[str, tuple[str, ...] | None] = {}
 
 
-def register(name: str, description: str, passes_on: Any = ()) -> Callable:
+def applies_to(name: str, family: str) -> bool:
+    """Whether method ``name`` accepts posteriors of inference family ``family`` (``run all`` skips the rest)."""
+    fams = _FAMILIES.get(name)
+    return fams is None or family in fams
+
+
+def register(name: str, description: str, passes_on: Any = (), families: tuple[str, ...] | None = None) -> Callable:
     """Decorator that adds an unlearning method to the registry under ``name``.
 
     ``passes_on`` names the options a method accepts through ``**options`` (a tuple of names, or a
@@ -81,6 +98,7 @@ def register(name: str, description: str, passes_on: Any = ()) -> Callable:
             raise ValueError(f"unlearning method {name!r} is registered twice")
         REGISTRY[name] = (fn, description)
         _PASSED_ON[name] = passes_on
+        _FAMILIES[name] = families
         return fn
     return deco
 
@@ -204,16 +222,27 @@ def forget_bound(posterior: Posterior, fs: ForgetSet) -> BoundModel:
     return bound if same else posterior.bound_model()
 
 
-def finish(name: str, old: Posterior, fs: ForgetSet, options: dict, t0: float, out: dict) -> UnlearningResult:
-    """Wrap a method's output dict into an :class:`UnlearningResult` with the posterior's data set to D_r."""
+def finish(name: str, old: Posterior, fs: ForgetSet, options: dict, t0: float, out: dict,
+           verdict: bool = True) -> UnlearningResult:
+    """Wrap a method's output dict into an :class:`UnlearningResult` with the posterior's data set to D_r,
+    and attach the verdict (:mod:`unlearning.verdict`; its cost is reported apart from the method's)."""
+    from .verdict import compute_verdict
+
+    wall = time.perf_counter() - t0
     post: Posterior = out["posterior"]
-    history = list(old.meta.get("unlearning", [])) + [{"method": name, "num_forgotten": len(fs.indices)}]
+    post = post.replace(x=fs.x_retain, y=fs.y_retain, model=old.model)
+    t1 = time.perf_counter()
+    v = out.get("verdict") or (compute_verdict(name, old, post, fs.x_forget, fs.y_forget, out) if verdict else {})
+    vt = time.perf_counter() - t1
+    history = list(old.meta.get("unlearning", [])) + [{"method": name, "num_forgotten": len(fs.indices),
+                                                       "verdict": v.get("verdict"),
+                                                       "diverged": bool(out.get("diverged", False))}]
     meta = dict(post.meta)
     meta["unlearning"] = history
-    post = post.replace(x=fs.x_retain, y=fs.y_retain, model=old.model, meta=meta)
+    post = post.replace(meta=meta)
     return UnlearningResult(posterior=post, method=name, options=options,
-                            wall_time_s=time.perf_counter() - t0, steps=out.get("steps"),
+                            wall_time_s=wall, steps=out.get("steps"),
                             final_objective=out.get("final_objective"),
                             warnings=tuple(out.get("warnings", ())), diverged=bool(out.get("diverged", False)),
                             diagnostics=out.get("diagnostics", {}), forget_indices=fs.indices,
-                            losses=tuple(out.get("losses", ())))
+                            losses=tuple(out.get("losses", ())), verdict=v, verdict_time_s=vt)
