@@ -18,7 +18,9 @@ weight-space Gaussian KL/W₂ where meaningful (``weight/*`` against ``retrain``
 ``retain/elpd_loo`` (ArviZ PSIS-LOO on D_r). The run also records the noise floor -- the same
 distances between two retrainings with different seeds -- and the request's Pareto k̂ for
 importance weights 1/p(D_f|θ) on draws of q(θ|D) (Vehtari et al.), a reliability signal that needs
-no retraining.
+no retraining. Every result also carries the method's own verdict ("ok" | "uncertain" | "failed",
+``unlearning.verdict``: optimality on D_r, checked without retraining) with its reasons, numbers and cost;
+a method that raised is "failed" with the error as its reason.
 
 Outputs (:func:`run_experiment`): ``metrics.json``, ``metrics.csv``, ``report.md``, ``figures/*.png``,
 ``posteriors/<method>.nc`` (ArviZ InferenceData) with ``posteriors/<method>_summary.csv`` (``az.summary``),
@@ -98,7 +100,9 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     """Run the experiment of a resolved configuration (:func:`analysis.config.load_config`) into ``out``.
 
     Returns the ``metrics.json`` document: ``{"config", "request", "noise_floor", "results"}`` where
-    each result is ``{"method", "wall_time_s", "metrics": {"<split>/<metric>": float}, "warnings"}``.
+    each result is ``{"method", "wall_time_s", "metrics": {"<split>/<metric>": float}, "warnings", "verdict",
+    "verdict_reasons", "verdict_numbers", "verdict_time_s"}`` (the verdict of ``unlearning.verdict``, computed
+    without retraining: "ok" | "uncertain" | "failed"; a method that raised is "failed" with the error as reason).
     Invalid configurations raise :class:`analysis.config.ConfigError` before any fitting.
     """
     out = Path(out)
@@ -138,14 +142,17 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
                 res = unlearn(post, xf, yf, name, seed=seed + (1 if name == "retrain" else 0), progress=False,
                               **opts.get(name, {}))
             except Exception as e:  # a method that cannot run on this posterior is reported, not hidden
+                err = f"{type(e).__name__}: {e}"
                 results.append({"method": name, "wall_time_s": None, "metrics": {},
-                                "warnings": [f"failed: {type(e).__name__}: {e}"], "error": True})
+                                "warnings": [f"failed: {err}"], "error": True, "verdict": "failed",
+                                "verdict_reasons": [f"the method raised {err}"], "verdict_numbers": {},
+                                "verdict_time_s": None})
                 continue
         runs[name] = (res, predictions(res.posterior))
         results.append({"method": name, "wall_time_s": res.wall_time_s, "metrics": {},
                         "warnings": list(res.warnings) + sorted({str(w.message) for w in caught if not issubclass(
                             w.category, (FutureWarning, DeprecationWarning))}),
-                        "diverged": res.diverged, "steps": res.steps,
+                        "diverged": res.diverged, "steps": res.steps, **_verdict_fields(res),
                         "diagnostics": json.loads(json.dumps(res.diagnostics, default=str))})
     bar.close()
 
@@ -196,6 +203,14 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     figures = _figures(out / "figures", cfg, data, post, runs, doc, xr, yr, xf, yf) if an["figures"] else {}
     write_report(doc, out / "report.md", figures)
     return doc
+
+
+def _verdict_fields(res) -> dict:
+    """The result's verdict (``unlearning.verdict``, computed without retraining) as metrics.json fields."""
+    v = res.verdict or {}
+    return {"verdict": v.get("verdict"), "verdict_reasons": [str(r) for r in v.get("reasons", [])],
+            "verdict_numbers": json.loads(json.dumps(dict(v.get("numbers", {})), default=_json_default)),
+            "verdict_time_s": res.verdict_time_s}
 
 
 def _json_default(v: Any) -> Any:

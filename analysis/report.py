@@ -21,16 +21,44 @@ def _columns(doc: dict) -> list[str]:
 
 
 def write_csv(doc: dict, path: str | Path) -> Path:
-    """One row per method: ``method, wall_time_s, failed, <split>/<metric>...`` (empty cell = not defined)."""
+    """One row per method: ``method, wall_time_s, failed, verdict, verdict_time_s, <split>/<metric>...``
+    (empty cell = not defined)."""
     path = Path(path)
     cols = _columns(doc)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "wall_time_s", "failed", *cols])
+        w.writerow(["method", "wall_time_s", "failed", "verdict", "verdict_time_s", *cols])
         for r in doc["results"]:
-            w.writerow([r["method"], "" if r["wall_time_s"] is None else r["wall_time_s"], int(bool(r.get("error"))),
-                        *("" if r["metrics"].get(c) is None else r["metrics"][c] for c in cols)])
+            w.writerow([r["method"], _cell(r["wall_time_s"]), int(bool(r.get("error"))),
+                        _cell(r.get("verdict")), _cell(r.get("verdict_time_s")),
+                        *(_cell(r["metrics"].get(c)) for c in cols)])
     return path
+
+
+def _cell(v):
+    return "" if v is None else v
+
+
+def _md(text) -> str:
+    """Text for a Markdown table cell: one line, pipes escaped."""
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
+def _verdict(r: dict) -> str:
+    return r.get("verdict") or "–"
+
+
+def _auto_chosen(r: dict) -> str | None:
+    """For ``auto``: the method whose result it returned (``diagnostics["chosen"]``)."""
+    diag = r.get("diagnostics") or {}
+    return diag.get("chosen") if isinstance(diag, dict) else None
+
+
+def _auto_path(r: dict) -> list[dict]:
+    """For ``auto``: every rung it tried, ``[{method, verdict, reasons, time_s}]`` (``diagnostics["path"]``)."""
+    diag = r.get("diagnostics") or {}
+    path = diag.get("path") if isinstance(diag, dict) else None
+    return [p for p in path if isinstance(p, dict)] if isinstance(path, list) else []
 
 
 def _f(v, fmt: str = ".3g") -> str:
@@ -75,17 +103,21 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
              f"moment-matched from {cfg['analysis']['predictive_samples']} weight draws. ")
           + "**Gap closed** = 1 − d(method, retrain) / d(none, retrain): 1 is as good as "
           "retraining, 0 is no better than doing nothing, negative is worse than doing nothing. "
-          "Speed-up = retraining time / method time.", "",
-          "| method | time (s) | speed-up | gap closed D_f | gap closed D_r | gap closed test | KL D_f | KL D_r | "
-          "KL test | W₂ test |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "Speed-up = retraining time / method time. **Verdict** is each method's own check of its result, made "
+          "without retraining (`unlearning.verdict`: ok / uncertain / failed; see *Verdicts* below); "
+          "for `auto` the method it returned is named in brackets.", "",
+          "| method | verdict | time (s) | speed-up | gap closed D_f | gap closed D_r | gap closed test | KL D_f | "
+          "KL D_r | KL test | W₂ test |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("error"):
-            L.append(f"| {r['method']} | failed | | | | | | | | |")
+            L.append(f"| {r['method']} | {_verdict(r)} | failed | | | | | | | | |")
             continue
         x, t = r["metrics"], r["wall_time_s"]
         speed = retrain_time / t if retrain_time and t else None
         flag = " ⚠" if r.get("diverged") else ""
-        L.append(f"| {r['method']}{flag} | {_f(t, '.2f')} | {_f(speed, '.1f')} | "
+        chosen = _auto_chosen(r)
+        via = f" (→ {chosen})" if chosen else ""
+        L.append(f"| {r['method']}{via}{flag} | {_verdict(r)} | {_f(t, '.2f')} | {_f(speed, '.1f')} | "
                  + " | ".join(_f(x.get(f"{s}/gap_closed"), ".2f") for s in _SPLITS) + " | "
                  + " | ".join(_f(x.get(f"{s}/predictive_kl")) for s in _SPLITS) + f" | {_f(x.get('test/w2'))} |")
     nf = doc.get("noise_floor") or {}
@@ -115,6 +147,7 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
               "|---|" + "---:|" * len(weight_keys)]
         L += [f"| {r['method']} | " + " | ".join(_f(r["metrics"].get(k)) for k in weight_keys) + " |"
               for r in rows if not r.get("error")]
+    L += _verdict_section(rows)
     if figures:
         L += ["", "## Figures", ""]
         for caption, rel in figures.items():
@@ -132,4 +165,34 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
     path = Path(path)
     path.write_text("\n".join(L))
     return path
+
+
+def _verdict_section(rows: list[dict]) -> list[str]:
+    """``### Verdicts``: each method's verdict with its reasons and cost, and the path ``auto`` took
+    (nothing for a document written before results carried verdicts)."""
+    if not any("verdict" in r for r in rows):
+        return []
+    L = ["", "### Verdicts", "",
+         "Each result is checked against the optimality conditions of the retained problem, without retraining "
+         "(`unlearning.verdict`): **ok** (the new posterior satisfies them), **uncertain** (partly, or the check "
+         "is inconclusive), **failed** (diverged, a broken covariance, most of the change not made, nothing "
+         "forgotten, or the method raised). Compare with the gap closed above, which needed the retraining.", "",
+         "| method | verdict | check time (s) | reasons |", "|---|---|---:|---|"]
+    for r in rows:
+        reasons = "; ".join(_md(x) for x in r.get("verdict_reasons") or []) or "–"
+        L.append(f"| {r['method']} | {_verdict(r)} | {_f(r.get('verdict_time_s'), '.2f')} | {reasons} |")
+    for r in rows:
+        path = _auto_path(r)
+        if r.get("error") or not (path or _auto_chosen(r)):
+            continue
+        L += ["", f"`{r['method']}` returned the result of `{_auto_chosen(r) or '?'}` ({_verdict(r)}); "
+              "the methods it tried, in order:", "",
+              "| step | method | verdict | time (s) | check time (s) | reasons |", "|---:|---|---|---:|---:|---|"]
+        for i, p in enumerate(path, 1):
+            t, vt = (p.get(k) for k in ("time_s", "verdict_time_s"))
+            reasons = "; ".join(_md(x) for x in p.get("reasons") or []) or "–"
+            L.append(f"| {i} | {p.get('method', '?')} | {p.get('verdict') or '–'} | "
+                     f"{_f(t if isinstance(t, (int, float)) else None, '.2f')} | "
+                     f"{_f(vt if isinstance(vt, (int, float)) else None, '.2f')} | {reasons} |")
+    return L
 

@@ -18,7 +18,7 @@ import torch
 
 from models.datasets import as_regression_tensors
 
-from .laplace import find_map, laplace_fields
+from .laplace import find_map, find_map_lm, laplace_fields
 from .latent import BoundModel
 from .nuts import run_nuts
 from .posterior import Posterior
@@ -37,7 +37,8 @@ _SVI_OPTS = {"num_steps", "lr", "num_particles", "clip_norm", "window", "max_pla
              "init_scale", "rank", "elbo", "batch_size"}
 _MAP_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm", "elbo",
              "batch_size"}
-_LAPLACE_OPTS = _MAP_OPTS | {"curvature", "structure", "subset", "repair", "floor"}
+_LM_OPTS = {"lm_max_iters", "lm_gtol"}
+_LAPLACE_OPTS = _MAP_OPTS | _LM_OPTS | {"optimizer", "curvature", "structure", "subset", "repair", "floor"}
 _NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
 MAP_GRAD_TOL = 1e-2  # gradient norm at θ* above which the Laplace fit warns that θ* is not a mode
 ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
@@ -107,16 +108,28 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                          x=x, y=y, meta=meta, **fields)
 
     if method == "laplace":
-        map_opts = {k: v for k, v in options.items() if k in _MAP_OPTS}
-        # the MAP's SVI phase: direct ELBO on the model's log joint by default (inference.svi)
-        map_opts.setdefault("elbo", DEFAULT_ELBO)
-        map_opts.update(bound_model=bound, batch_seed=seed)
+        optimizer = options.get("optimizer", "adam-lbfgs")
+        if optimizer not in ("adam-lbfgs", "lm"):
+            raise ValueError(f"optimizer must be 'adam-lbfgs' or 'lm', got {optimizer!r}")
         curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
-        theta, report = find_map(bound, x, y, seed=seed, progress=progress,
-                                 init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
+        if optimizer == "lm":
+            bad = set(options) & (_MAP_OPTS - {"lbfgs_steps", "min_steps"})
+            if bad:
+                raise ValueError(f"option(s) {sorted(bad)} belong to the Adam + L-BFGS MAP search, not to "
+                                 "optimizer='lm' (which takes lm_max_iters, lm_gtol)")
+            theta, report = find_map_lm(bound, x, y, seed=seed, init_loc=None if init is None else init.loc,
+                                        max_iters=options.get("lm_max_iters", 200),
+                                        gtol=options.get("lm_gtol", 1e-3), lbfgs_steps=options.get("lbfgs_steps", 5000))
+        else:
+            map_opts = {k: v for k, v in options.items() if k in _MAP_OPTS}
+            # the MAP's SVI phase: direct ELBO on the model's log joint by default (inference.svi)
+            map_opts.setdefault("elbo", DEFAULT_ELBO)
+            map_opts.update(bound_model=bound, batch_seed=seed)
+            theta, report = find_map(bound, x, y, seed=seed, progress=progress,
+                                     init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
         fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
-        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map", "elbo",
-                                                 "batch_size")}
+        meta["report"] = {k: report.get(k) for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map", "elbo",
+                                                     "batch_size", "optimizer")}
         meta["losses"] = report["losses"]
         meta["curvature"] = facts
         if report["grad_norm_at_map"] > MAP_GRAD_TOL:

@@ -46,7 +46,7 @@ from .latent import BoundModel
 __all__ = ["NegLogJoint", "levenberg_marquardt", "LM_DEFAULTS"]
 
 LM_DEFAULTS = {"max_iters": 200, "rtol": 1e-4, "gtol": 1e-6, "time_budget_s": None, "solver": "auto",
-               "mu0": None, "chunk": 1024}
+               "mu0": None, "tau": 1e-3, "chunk": 1024}
 
 
 @dataclass
@@ -203,13 +203,15 @@ def choose_solver(solver: str, rows: int, d: int, max_dense: int = 6000) -> str:
 
 def levenberg_marquardt(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 200, rtol: float = 1e-4,
                         gtol: float = 1e-6, time_budget_s: float | None = None, solver: str = "auto",
-                        mu0: float | None = None, chunk: int | None = None,
+                        mu0: float | None = None, tau: float = 1e-3, chunk: int | None = None,
                         first_curvature: torch.Tensor | None = None, grad_scale: float | None = None) -> tuple[torch.Tensor, dict]:
     """Minimise ``problem`` from θ₀ by Levenberg–Marquardt; returns (θ, report).
 
     Stops when ‖∇L‖ ≤ max(gtol, rtol · grad_scale) (``grad_scale`` defaults to ‖∇L(θ₀)‖), after
     ``max_iters`` iterations, when ``time_budget_s`` is spent, or when no damping gives a decrease.
-    ``first_curvature`` (a dense B at θ₀) replaces the first iteration's Jacobian.
+    ``first_curvature`` (a dense B at θ₀) replaces the first iteration's Jacobian. The initial damping
+    is ``mu0``, or ``tau`` · max diag(B) (Nielsen's rule: τ ≈ 1e-3 from a cold start, smaller when θ₀ is
+    believed good).
     The report holds the losses, gradient norms, gain ratios and damping of every iteration.
     """
     if max_iters < 0 or rtol < 0 or gtol < 0:
@@ -240,7 +242,7 @@ def levenberg_marquardt(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters
         system = _System(problem, theta, g, kind, given)
         jac_evals += given is None
         if mu is None:
-            mu = 1e-3 * float(system.diag.max())
+            mu = tau * float(system.diag.max())
         accepted = False
         for _ in range(40):
             step = system.solve(mu)

@@ -175,7 +175,10 @@ def test_weighted_draws_are_resampled_and_history_recorded(blr):
     idata = to_inference_data(post, num_samples=300, seed=1)
     assert idata.posterior["w"].shape == (1, 300, 2) and "resampled" in idata.attrs["draws"]
     assert idata.log_likelihood["obs"].shape == (1, 300, N - 5)  # on the retained data D_r
-    assert json.loads(idata.attrs["unlearning"]) == [{"method": "psis", "num_forgotten": 5}]
+    # the history records each request with the result's verdict (unlearning.verdict) and divergence flag
+    assert json.loads(idata.attrs["unlearning"]) == [{"method": "psis", "num_forgotten": 5,
+                                                      "verdict": res.verdict["verdict"], "diverged": False}]
+    assert res.verdict["verdict"] in {"ok", "uncertain", "failed"}
     # every resampled draw is one of the weighted draws
     w_all = post.layout.unpack(post.samples)["w"].numpy()
     assert all((np.abs(w_all - w).max(1) == 0).any() for w in idata.posterior["w"].values[0])

@@ -15,8 +15,10 @@ from analysis.config import (DEFAULT_CONFIG, ConfigError, build_data, build_forg
                              merge, methods_to_run)
 from analysis.experiment import run_experiment
 from unlearning import REGISTRY
+from unlearning.base import applies_to
 
 SPLITS = ("forget", "retain", "test")
+VERDICTS = {"ok", "uncertain", "failed"}
 METRICS = ("predictive_kl", "w2", "rmse", "nll", "gap_closed")
 
 
@@ -27,10 +29,18 @@ def _write(tmp_path, text: str):
 
 
 # -- configuration ---------------------------------------------------------------------------------
+def _applicable(cfg: dict) -> set[str]:
+    return {n for n in REGISTRY if applies_to(n, cfg["inference"]["method"])}
+
+
 def test_default_config_runs_every_registered_method_with_the_references_first():
     cfg = load_config()
     assert methods_to_run(cfg)[:2] == ["none", "retrain"]
-    assert set(methods_to_run(cfg)) == set(REGISTRY)
+    # "all" is every registered method that applies to the inference family (elbo-refit: SVI guides only)
+    assert set(methods_to_run(cfg)) == _applicable(cfg)
+    assert "elbo-refit" not in methods_to_run(cfg) and {"lm-refit", "auto"} <= set(methods_to_run(cfg))
+    svi = merge(cfg, {"inference": {"method": "meanfield"}})
+    assert "elbo-refit" in methods_to_run(svi) and set(methods_to_run(svi)) == _applicable(svi)
     assert cfg["model"]["name"] == "mlp" and cfg["forget"]["kind"] == "region"
 
 
@@ -118,7 +128,7 @@ def test_quick_run_metrics_schema_and_the_references(quick_run):
     doc = json.loads((quick_run / "metrics.json").read_text())
     assert set(doc) >= {"config", "results"}
     by = {r["method"]: r for r in doc["results"]}
-    assert set(by) == set(REGISTRY)
+    assert set(by) == _applicable(doc["config"])
     for r in doc["results"]:
         assert isinstance(r["warnings"], list)
         assert not r.get("error"), r  # every registered method runs on a Laplace posterior of a BNN
@@ -142,6 +152,64 @@ def test_quick_run_metrics_schema_and_the_references(quick_run):
     assert 0 < doc["request"]["num_forget"] < doc["request"]["num_train"]
 
 
+def test_quick_run_every_result_carries_a_verdict(quick_run):
+    doc = json.loads((quick_run / "metrics.json").read_text())
+    by = {r["method"]: r for r in doc["results"]}
+    for r in doc["results"]:
+        assert r["verdict"] in VERDICTS, (r["method"], r.get("verdict"))
+        assert isinstance(r["verdict_reasons"], list) and isinstance(r["verdict_numbers"], dict), r["method"]
+        assert r["verdict_time_s"] is None or r["verdict_time_s"] >= 0
+        if r["verdict"] != "ok":
+            assert r["verdict_reasons"], r["method"]  # a verdict short of "ok" says why
+    assert by["none"]["verdict"] == "failed"          # nothing was forgotten
+    assert by["retrain"]["verdict"] != "failed"
+    # auto names the method it returned and every rung it tried, each with its own verdict
+    diag = by["auto"]["diagnostics"]
+    assert diag["chosen"] in {p["method"] for p in diag["path"]}
+    assert all(p["verdict"] in VERDICTS for p in diag["path"])
+    report = (quick_run / "report.md").read_text()
+    assert "verdict" in report and "### Verdicts" in report
+    assert f"auto (→ {diag['chosen']})" in report
+    with open(quick_run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["verdict"] for r in rows] == [r["verdict"] for r in doc["results"]]
+
+
+def test_report_and_csv_show_verdicts_of_failed_and_auto_rows(tmp_path):
+    """The writers on a hand-made document: a method that raised is "failed" with the error as its reason."""
+    from analysis.report import write_csv, write_report
+
+    cfg = load_config(quick=True)
+    metrics = {f"{s}/{m}": 0.5 for s in SPLITS for m in METRICS}
+    path = [{"method": "laplace-downdate", "verdict": "uncertain", "reasons": ["r = 0.1 | above 0.02"],
+             "time_s": 0.01},
+            {"method": "lm-refit", "verdict": "ok", "reasons": [], "time_s": 0.2}]
+    doc = {"config": cfg, "noise_floor": {},
+           "request": {"num_train": 10, "num_forget": 2, "num_retain": 8, "num_params": 3, "structure": "full",
+                       "fit_time_s": 1.0, "psis_khat": 0.3, "psis_note": None, "fit_warnings": []},
+           "results": [
+               {"method": "none", "wall_time_s": 0.0, "metrics": metrics, "warnings": [], "verdict": "failed",
+                "verdict_reasons": ["nothing was forgotten"], "verdict_numbers": {}, "verdict_time_s": 0.0},
+               {"method": "retrain", "wall_time_s": 2.0, "metrics": metrics, "warnings": [], "verdict": "ok",
+                "verdict_reasons": [], "verdict_numbers": {"ratio": 0.001}, "verdict_time_s": 0.1},
+               {"method": "auto", "wall_time_s": 0.3, "metrics": metrics, "warnings": [], "verdict": "ok",
+                "verdict_reasons": [], "verdict_numbers": {}, "verdict_time_s": 0.0,
+                "diagnostics": {"chosen": "lm-refit", "path": path}},
+               {"method": "eubo", "wall_time_s": None, "metrics": {}, "warnings": ["failed: ValueError: boom"],
+                "error": True, "verdict": "failed", "verdict_reasons": ["the method raised ValueError: boom"],
+                "verdict_numbers": {}, "verdict_time_s": None}]}
+    report = write_report(doc, tmp_path / "report.md").read_text()
+    assert "| method | verdict |" in report
+    assert "| eubo | failed | failed |" in report and "ValueError: boom" in report
+    assert "| auto (→ lm-refit) | ok |" in report
+    assert "| 1 | laplace-downdate | uncertain |" in report and "| 2 | lm-refit | ok |" in report
+    assert "r = 0.1 \\| above 0.02" in report  # a pipe in a reason does not break the table
+    with open(write_csv(doc, tmp_path / "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["verdict"], r["failed"]) for r in rows] == [
+        ("none", "failed", "0"), ("retrain", "ok", "0"), ("auto", "ok", "0"), ("eubo", "failed", "1")]
+
+
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     text = ("[data]\nn = 60\n[model]\nname = 'linear'\n[inference]\nmethod = 'laplace'\n[inference.options]\n"
             "[forget]\nkind = 'random'\nfraction = 0.2\n[methods]\nrun = ['laplace-downdate', 'eubo', 'rkl']\n"
@@ -151,7 +219,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     docs = [run_experiment(cfg, tmp_path / f"run{i}", progress=False) for i in range(2)]
 
     def strip(doc):
-        return [(r["method"], r["metrics"]) for r in doc["results"]]
+        return [(r["method"], r["metrics"], r["verdict"]) for r in doc["results"]]
     assert strip(docs[0]) == strip(docs[1])
     by = {r["method"]: r["metrics"] for r in docs[0]["results"]}
     # conjugate linear model: the Laplace down-date is exact retraining, so its predictive equals

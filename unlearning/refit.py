@@ -60,19 +60,24 @@ def _refuse_empirical(old: Posterior, name: str) -> None:
 
 
 def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol: float,
-            time_budget_s: float | None, solver: str, mu0: float | None, chunk: int) -> tuple[torch.Tensor, dict]:
+            time_budget_s: float | None, solver: str, mu0: float | None, chunk: int,
+            tau: float = 1e-5) -> tuple[torch.Tensor, dict]:
     """The LM re-fit of L_r from θ*: (θ_u in float64, the solver's report)."""
     bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
     problem = NegLogJoint(bound, fs.x_retain, fs.y_retain, chunk=chunk)
     theta0 = old.loc.detach().to(torch.float64)
     first = None
     curv = (old.meta.get("curvature") or {})
-    if old.structure == "precision" and old.active is None and curv.get("curvature") == "ggn":
+    from inference.gauss_newton import choose_solver
+    primal = choose_solver(solver, problem.rows(theta0), len(theta0)) == "primal"
+    # (on the dual path a Jacobian costs less than factorising the dense d x d precision, so only the
+    # primal path reuses it)
+    if primal and old.structure == "precision" and old.active is None and curv.get("curvature") == "ggn":
         # the old precision is P + G_D(θ*); minus G_f(θ*) it is L_r's GGN at θ*: no Jacobian needed
         _, G_f = forget_curvature(old, fs, theta0, "dense", "ggn")
         first = old.precision.to(torch.float64) - G_f
     return levenberg_marquardt(problem, theta0, max_iters=max_iters, rtol=rtol, gtol=gtol,
-                               time_budget_s=time_budget_s, solver=solver, mu0=mu0, chunk=chunk,
+                               time_budget_s=time_budget_s, solver=solver, mu0=mu0, tau=tau, chunk=chunk,
                                first_curvature=first)
 
 
@@ -94,9 +99,9 @@ def gaussian_fields_from_precision(prec: torch.Tensor, family: str, loc: torch.T
     return {"loc": loc, "cov_factor": F.to(dt), "cov_diag": diag.to(dt)}
 
 
-def _lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk) -> dict:
+def _lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau) -> dict:
     return dict(max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s, solver=solver, mu0=mu0,
-                chunk=chunk)
+                chunk=chunk, tau=tau)
 
 
 @register("lm-refit", "warm Levenberg-Marquardt re-fit of the retained objective from θ* (dual/primal/CG "
@@ -105,9 +110,9 @@ def _lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk) -> dic
 def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
              max_iters: int = 100, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
-             chunk: int = 1024) -> dict:
+             tau: float = 1e-5, chunk: int = 1024) -> dict:
     _refuse_empirical(old, "lm-refit")
-    theta, rep = lm_mode(old, fs, **_lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk))
+    theta, rep = lm_mode(old, fs, **_lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau))
     warnings: list[str] = []
     if not rep["converged"]:
         warnings.append(f"lm-refit stopped ({rep['stop']}) at ‖∇L_r‖ = {rep['grad_norm']:.3g}, above its target "

@@ -104,7 +104,9 @@ def retained_gradient(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta
 
 def _draws(post: Posterior, num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     if post.structure == "empirical":
-        return post.samples, post.weights()
+        if len(post.samples) <= num:
+            return post.samples, post.weights()
+        return post.sample(num, seed=seed), None   # resampled by weight: num gradients, not one per draw
     if post.family == "laplace" or post.active is not None:
         return post.loc[None].to(torch.float64), None
     return post.sample(num, seed=seed), None
