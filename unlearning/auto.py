@@ -7,9 +7,9 @@ needs no retraining):
     2. warm re-fit:      ``lm-refit`` (Laplace) or ``elbo-refit`` (SVI guides) on the retained objective
     3. last resort:      ``retrain`` (the same inference from scratch on D_r)
 
-The first rung whose verdict is "ok" is returned. If none is "ok" before ``retrain`` (or
-``allow_retrain=False``), the best non-failed result is returned with its own verdict ("uncertain"),
-or the last one ("failed"). Empirical (NUTS) posteriors go straight to ``retrain``. The report's
+The first rung whose verdict is "ok" is returned. If none is, the retrain is returned when it ran
+and did not fail (the reference by definition); with ``allow_retrain=False`` the first "uncertain"
+result, or the last one ("failed"). Empirical (NUTS) posteriors go straight to ``retrain``. The report's
 ``diagnostics["path"]`` lists every rung tried with its verdict, reasons and time.
 """
 
@@ -75,6 +75,8 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
         if v["verdict"] == "uncertain" and best is None:
             best, best_name = out, name
     chosen, taken = (best, best_name) if best is not None else (last, last_name)
+    if last_name == "retrain" and last["verdict"]["verdict"] != "failed":
+        chosen, taken = last, last_name   # paid for the reference: it is the answer by definition
     if chosen is None:
         raise RuntimeError("auto: every method it tried failed to run: " +
                            "; ".join(f"{p['method']}: {p['reasons'][0]}" for p in path))

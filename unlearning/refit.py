@@ -15,7 +15,9 @@ and the GGN of L_r is Λ − G_f(θ*), so the first undamped iteration *is* the 
 LM keeps going, re-linearising on D_r and damping by the gain ratio. The result is the Laplace
 approximation at the new mode with the old posterior's curvature and structure (GGN full / diag /
 last-layer, or exact Hessian), i.e. what ``retrain`` computes at that mode. Stops when
-‖∇L_r‖ ≤ ``rtol`` · ‖g_f‖ (the size of the change asked for), or at ``max_iters`` / ``time_budget_s``.
+‖∇L_r‖ ≤ ``rtol`` · ‖g_f‖ (the size of the change asked for), or at ``max_iters`` / ``time_budget_s``;
+an LM run that stops short of the target is continued by float64 L-BFGS (``lbfgs_steps``), because
+Gauss–Newton's convergence near a net's mode can be slow (it ignores the residual curvature).
 
 ``elbo-refit`` — the likelihood-subtracted ELBO re-fitted warm, for SVI guides. For any q,
 
@@ -23,10 +25,11 @@ last-layer, or exact Hessian), i.e. what ``retrain`` computes at that mode. Stop
 
 so re-fitting the guide against the likelihood-subtracted ELBO is maximising the retained ELBO: the
 retained likelihood stays in the objective and it cannot run away as the D_f-only EUBO does (Nguyen
-et al., NeurIPS 2020, reproduced in ``eubo``). It starts from the old guide (``init="old"``) or from
-``lm-refit``'s mode and GGN covariance in the guide's structure (``init="lm"``, the default for
-nets: it moves the mean to the new mode in a few Gauss–Newton steps), and runs SVI on minibatches of
-D_r (a step costs O(B), not O(N)) with a short schedule (small step size, short windows).
+et al., NeurIPS 2020, reproduced in ``eubo``). It starts from the old guide (``init="old"``, the
+default) or from ``lm-refit``'s mode and GGN covariance in the guide's structure (``init="lm"``;
+on the mean-field default BNN, calibration seed 0, it closed less of the gap than ``"old"``:
+0.87/0.41/0.83 against 0.93/0.55/0.91 on D_f/D_r/test), and runs SVI on minibatches of D_r when
+N_r > 2048 (a step costs O(B), not O(N)) with a short schedule (small step size, short windows).
 
 For NUTS (empirical) posteriors neither applies: they are refused with a pointer to ``retrain``
 (a warm NUTS chain needs its own adaptation, which costs as much as the retrain).
@@ -40,7 +43,7 @@ import torch
 
 from inference.fit import ALLOWED_OPTIONS, fit
 from inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
-from inference.laplace import laplace_fields
+from inference.laplace import laplace_fields, lbfgs_maximise
 from inference.latent import BoundModel
 from inference.posterior import Posterior
 from inference.svi import GUIDES, STRUCTURE_OF
@@ -81,6 +84,33 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
                                first_curvature=first)
 
 
+def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dict, steps: int,
+                    budget_s: float | None) -> tuple[torch.Tensor, dict]:
+    """Continue an LM run that stopped short of its target with float64 L-BFGS on L_r (Gauss–Newton
+    ignores the residual curvature, so near a mode of a net its convergence can be slow and linear),
+    in rounds of 50 iterations until ‖∇L_r‖ reaches the target, ``steps`` or the time budget."""
+    problem = NegLogJoint(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain, fs.y_retain)
+    t0 = time.perf_counter()
+    done = 0
+    best, best_g = theta, rep["grad_norm"]
+    while done < steps:
+        n = min(50, steps - done)
+        theta = lbfgs_maximise(lambda t: -problem._loss(t), theta, n)
+        done += n
+        if not torch.isfinite(theta).all():
+            break
+        g = float(problem.grad(theta).norm())
+        if g < best_g:
+            best, best_g = theta, g
+        if g <= rep["grad_target"] or (budget_s is not None and time.perf_counter() - t0 > budget_s):
+            break
+    rep = {**rep, "lbfgs_iterations": done, "grad_norm": best_g, "converged": best_g <= rep["grad_target"]}
+    if rep["converged"]:
+        rep["stop"] = "converged (L-BFGS handover)"
+    rep["losses"] = rep["losses"] + [problem.value(best)]
+    return best, rep
+
+
 def gaussian_fields_from_precision(prec: torch.Tensor, family: str, loc: torch.Tensor,
                                    rank: int | None = None) -> dict[str, torch.Tensor]:
     """A Gaussian N(loc, Λ⁻¹) written in an SVI guide's structure (mean-field: the diagonal of Λ,
@@ -110,15 +140,20 @@ def _lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau) -
 def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
              max_iters: int = 100, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
-             tau: float = 1e-5, chunk: int = 1024) -> dict:
+             tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000) -> dict:
     _refuse_empirical(old, "lm-refit")
+    t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, **_lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau))
     warnings: list[str] = []
+    rep["lbfgs_iterations"] = 0
+    budget_left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)
+    if not rep["converged"] and lbfgs_steps > 0 and (budget_left is None or budget_left > 0):
+        theta, rep = _lbfgs_handover(old, fs, theta, rep, lbfgs_steps, budget_left)
     if not rep["converged"]:
         warnings.append(f"lm-refit stopped ({rep['stop']}) at ‖∇L_r‖ = {rep['grad_norm']:.3g}, above its target "
                         f"{rep['grad_target']:.3g}; raise max_iters / time_budget_s or use retrain")
     diag = {k: rep[k] for k in ("iterations", "stop", "converged", "solver", "grad_norm", "grad_norm_start",
-                                "grad_target", "jacobian_evals", "value_evals")}
+                                "grad_target", "jacobian_evals", "value_evals", "lbfgs_iterations")}
     diag["last_gain_ratio"] = rep["gain_ratios"][-1] if rep["gain_ratios"] else None
     diag["lm_time_s"] = rep["wall_time_s"]
     t0 = time.perf_counter()
@@ -155,7 +190,7 @@ _ELBO_OPTS = {"num_steps", "lr", "num_particles", "clip_norm", "window", "max_pl
 @register("elbo-refit", "re-fit the SVI guide against the likelihood-subtracted ELBO (= the retained ELBO), warm "
           "from the old guide or from lm-refit's mode and GGN, on minibatches of D_r",
           families=("meanfield", "lowrank", "fullrank"))
-def elbo_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, init: str = "lm",
+def elbo_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, init: str = "old",
                num_steps: int = 3000, lr: float = 0.005, window: int = 50, max_plateaus: int = 3,
                batch_size: int | None = None, num_particles: int = 1, lm_max_iters: int = 50,
                lm_rtol: float = 1e-3) -> dict:
@@ -182,7 +217,7 @@ def elbo_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool =
         opts["batch_size"] = int(batch_size)
     post = fit(old.model, fs.x_retain, fs.y_retain, old.family, seed=seed, progress=progress, init=start, **opts)
     rep = post.meta.get("report", {})
-    diag.update(svi_steps=rep.get("steps"), svi_converged=rep.get("converged"), batch_size=batch_size)
+    diag.update(svi_steps=rep.get("steps"), converged=bool(rep.get("converged")), batch_size=batch_size)
     warnings.extend(post.meta.get("warnings", []))
     losses = post.meta.get("losses", [])
     return {"posterior": post, "warnings": warnings, "diagnostics": diag, "steps": rep.get("steps"),
