@@ -1,6 +1,7 @@
 """Unlearning a Bayesian neural net against a retrain ensemble: gap closed, speed-ups and verdicts.
 
     python -m benchmarks.bnn_unlearning --scenario region --seeds 3 4 5 6 7 --out benchmarks/results/bnn_region.json
+    python -m benchmarks.bnn_unlearning --table benchmarks/results/bnn_region.json     # the markdown table
 
 For each seed: synthetic_1d(n, seed), the default 1-32-32-1 tanh BNN, a Laplace (GGN, ``--structure``)
 or SVI (``--family``) posterior; a forget set (``region``: x ∈ (1.5, 3.5); ``random:F``: a fraction F
@@ -175,6 +176,31 @@ def verdict_counts(per_seed: list[dict]) -> dict:
     return {"results": total, "ok_with_gap_below_0.5": silent, "failed_with_gap_at_least_0.9": alarms}
 
 
+def markdown_table(doc: dict) -> str:
+    """The summary as a markdown table: median [95 % interval] over seeds of gap closed per split, the
+    speed-ups, and the verdict counts."""
+    def cell(c: dict, key: str, fmt: str = "{:.2f}") -> str:
+        v = c.get(key)
+        if not v:
+            return "–"
+        return f"{fmt.format(v[0])} [{fmt.format(v[1])}, {fmt.format(v[2])}]"
+    lines = ["| method | gap closed D_f | gap closed D_r | gap closed test | × retrain | × retrain-lm | "
+             "time (s) | verdicts ok/unc./failed |", "|---|---|---|---|---|---|---|---|"]
+    for c in doc["summary"]:
+        v = c.get("verdicts", {})
+        vs = "–" if c["method"] == "retrain-loo" else f"{v.get('ok', 0)}/{v.get('uncertain', 0)}/{v.get('failed', 0)}"
+        name = "retrain-loo (noise floor)" if c["method"] == "retrain-loo" else c["method"]
+        lines.append(f"| {name} | {cell(c, 'forget/gap_closed')} | {cell(c, 'retain/gap_closed')} | "
+                     f"{cell(c, 'test/gap_closed')} | {cell(c, 'speedup_vs_retrain', '{:.1f}')} | "
+                     f"{cell(c, 'speedup_vs_retrain_lm', '{:.1f}')} | {cell(c, 'wall_time_s', '{:.2f}')} | {vs} |")
+    vc = doc["verdict_counts"]
+    lines.append("")
+    lines.append(f"Seeds {doc['config']['seeds']}; {vc['results']} verdicts; \"ok\" with gap closed < 0.5 on a split: "
+                 f"{len(vc['ok_with_gap_below_0.5'])}; \"failed\" with gap closed ≥ 0.9 on every split: "
+                 f"{len(vc['failed_with_gap_at_least_0.9'])}.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bnn_unlearning", description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7])
@@ -185,8 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--references", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=["none", "retrain-lm", "retrain-warm", "laplace-downdate",
                                                     "lm-refit", "auto"])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="where to write the JSON")
+    ap.add_argument("--table", help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
+    if a.table:
+        doc = json.loads(Path(a.table).read_text())
+        print(markdown_table(doc))
+        return doc
+    if not a.out:
+        ap.error("--out is required (or --table FILE)")
     torch.set_num_threads(1)
     per_seed = []
     for s in a.seeds:
@@ -199,10 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
                "per_seed": per_seed, "summary": summarise(per_seed), "verdict_counts": verdict_counts(per_seed)}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(doc, indent=1, default=str))
-    for c in doc["summary"]:
-        print(c["method"], {k: (tuple(round(x, 3) for x in v) if isinstance(v, tuple) else v) for k, v in c.items()
-                            if k != "method"})
-    print(doc["verdict_counts"])
+    print(markdown_table(doc))
     return doc
 
 

@@ -50,3 +50,37 @@ def test_quick_benchmark_schema(quick):
     assert all(_finite(v) for v in sc["ratio_largest_to_smallest"].values())
     for t in res["targets"].values():
         assert t["met"] in (True, False, None) and "goal" in t
+
+
+def test_bootstrap_interval_covers_the_median_of_a_large_sample():
+    import numpy as np
+
+    from benchmarks.bnn_unlearning import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    v = list(rng.normal(3.0, 1.0, 400))
+    med, lo, hi = bootstrap_ci(v)
+    assert lo < med < hi
+    # the median's standard error for a normal sample is ≈ 1.2533 σ/√n: the interval is ≈ ±1.96 of it
+    half = 1.96 * 1.2533 / 20
+    assert abs((hi - lo) / 2 - half) < 0.5 * half
+    assert abs(med - 3.0) < 3 * half
+    assert all(np.isnan(bootstrap_ci([])))
+
+
+def test_verdict_counts_and_table_from_a_document():
+    from benchmarks.bnn_unlearning import markdown_table, summarise, verdict_counts
+
+    def row(m, v, g):
+        return {"method": m, "verdict": v, "wall_time_s": 1.0, "speedup_vs_retrain": 2.0,
+                **{f"{s}/gap_closed": g for s in ("forget", "retain", "test")}}
+    per_seed = [{"seed": 0, "rows": [row("a", "ok", 0.3), row("b", "failed", 0.95), row("c", "ok", 0.99)]},
+                {"seed": 1, "rows": [row("a", "uncertain", 0.3), row("b", "failed", 0.2), row("c", "ok", 0.97)]}]
+    vc = verdict_counts(per_seed)
+    assert vc["results"] == 6
+    assert [(s, m) for s, m, _ in vc["ok_with_gap_below_0.5"]] == [(0, "a")]
+    assert [(s, m) for s, m, _ in vc["failed_with_gap_at_least_0.9"]] == [(0, "b")]
+    doc = {"config": {"seeds": [0, 1]}, "summary": summarise(per_seed), "verdict_counts": vc}
+    table = markdown_table(doc)
+    assert "| c | 0.98 [" in table and "| 0/0/2 |" in table and "| 1/1/0 |" in table
+    assert "\"ok\" with gap closed < 0.5 on a split: 1" in table
