@@ -279,7 +279,7 @@ def test_twenty_sequential_removals(blr, mlp):
     # on the net: cubic-newton, 19 single removals (a 20th would empty its 20-point data set)
     old = mlp["old"]
     reqs = [(mlp["x"][i:i + 1], mlp["y"][i:i + 1]) for i in range(19)]
-    res = unlearn_sequential(old, reqs, "cubic-newton")
+    res = unlearn_sequential(old, reqs, "cubic-newton", on_failure="continue")
     assert all(torch.isfinite(r.posterior.loc).all() and torch.isfinite(r.posterior.covariance()).all()
                for r in res)
     assert res[-1].posterior.x.shape == (1, 1)

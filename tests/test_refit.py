@@ -185,3 +185,17 @@ def test_empirical_posteriors_are_refused_with_a_pointer_to_retrain(bnn):
     emp = unlearn(bnn["post"], bnn["xf"][:2], bnn["yf"][:2], "psis", num_samples=200).posterior
     with pytest.raises(ValueError, match="retrain"):
         unlearn(emp, bnn["xf"][2:4], bnn["yf"][2:4], "lm-refit")
+
+
+def test_sequential_requests_stop_at_a_failed_one(blr_problem):
+    from unlearning import UnlearningFailedError, unlearn_sequential
+
+    b = blr_problem
+    reqs = [(b["xf"][:5], b["yf"][:5]), (b["xf"][5:10], b["yf"][5:10])]
+    with pytest.raises(UnlearningFailedError, match="deletion request 0 \\(none\\) failed") as e:
+        unlearn_sequential(b["post"], reqs, "none")
+    assert len(e.value.results) == 1
+    res = unlearn_sequential(b["post"], reqs, "none", on_failure="continue")
+    assert [r.posterior.meta["unlearning"][-1]["verdict"] for r in res] == ["failed", "failed"]
+    ok = unlearn_sequential(b["post"], reqs, "laplace-downdate")
+    assert all(r.ok for r in ok)

@@ -13,7 +13,7 @@ from inference.posterior import Posterior
 
 from .base import REGISTRY, UnlearningResult, finish, locate_forget_set
 
-__all__ = ["unlearn", "unlearn_sequential"]
+__all__ = ["unlearn", "unlearn_sequential", "UnlearningFailedError"]
 
 
 def unlearn(posterior: Posterior, x_forget: Any, y_forget: Any, method: str = "eubo", *, seed: int = 0,
@@ -44,13 +44,27 @@ def unlearn(posterior: Posterior, x_forget: Any, y_forget: Any, method: str = "e
     return finish(method, posterior, fs, dict(options), t0, out)
 
 
+class UnlearningFailedError(RuntimeError):
+    """A deletion request's result has the verdict "failed": it must not be built upon."""
+
+    def __init__(self, message: str, results: list[UnlearningResult]):
+        super().__init__(message)
+        self.results = results
+
+
 def unlearn_sequential(posterior: Posterior, requests: Sequence[tuple[Any, Any]], method: str = "eubo", *,
-                       seed: int = 0, progress: bool = False, **options: Any) -> list[UnlearningResult]:
+                       seed: int = 0, progress: bool = False, on_failure: str = "raise",
+                       **options: Any) -> list[UnlearningResult]:
     """Apply deletion requests [(x_f1, y_f1), (x_f2, y_f2), ...] one after another.
 
     Request j is removed from the posterior produced by request j-1, so the j-th result
     approximates p(θ | D minus the first j forget sets); its posterior's data is what is left.
+    A request whose verdict is "failed" stops the chain with :class:`UnlearningFailedError`
+    (naming the request and the reasons; ``.results`` holds what was done so far, the failed one
+    last), unless ``on_failure="continue"``.
     """
+    if on_failure not in ("raise", "continue"):
+        raise ValueError(f"on_failure must be 'raise' or 'continue', got {on_failure!r}")
     if len(requests) == 0:
         raise ValueError("no deletion requests given")
     results, current = [], posterior
@@ -60,5 +74,10 @@ def unlearn_sequential(posterior: Posterior, requests: Sequence[tuple[Any, Any]]
         except ValueError as e:
             raise ValueError(f"deletion request {j}: {e}") from e
         results.append(res)
+        if on_failure == "raise" and res.verdict.get("verdict") == "failed":
+            raise UnlearningFailedError(
+                f"deletion request {j} ({method}) failed: {'; '.join(res.verdict.get('reasons', []))}. Use "
+                "method='auto' (it escalates to a re-fit or retrain), or pass on_failure='continue' to keep going",
+                results)
         current = res.posterior
     return results
