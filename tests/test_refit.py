@@ -199,3 +199,16 @@ def test_sequential_requests_stop_at_a_failed_one(blr_problem):
     assert [r.posterior.meta["unlearning"][-1]["verdict"] for r in res] == ["failed", "failed"]
     ok = unlearn_sequential(b["post"], reqs, "laplace-downdate")
     assert all(r.ok for r in ok)
+
+
+@pytest.mark.parametrize("structure,kind", [("diag", "diag"), ("last-layer", "precision")])
+def test_lm_refit_keeps_the_posterior_structure(bnn, structure, kind):
+    d = bnn["data"]
+    post = fit(bnn["post"].model, d.x, d.y, "laplace", curvature="ggn", structure=structure, seed=0, progress=False)
+    res = unlearn(post, bnn["xf"], bnn["yf"], "lm-refit")
+    assert res.posterior.structure == kind
+    assert (res.posterior.active is None) == (post.active is None)
+    if post.active is not None:
+        assert torch.equal(res.posterior.active, post.active)
+    assert res.diagnostics["grad_norm"] < res.diagnostics["grad_norm_start"] * 0.05
+    assert res.verdict["verdict"] in ("ok", "uncertain")

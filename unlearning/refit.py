@@ -129,11 +129,6 @@ def gaussian_fields_from_precision(prec: torch.Tensor, family: str, loc: torch.T
     return {"loc": loc, "cov_factor": F.to(dt), "cov_diag": diag.to(dt)}
 
 
-def _lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau) -> dict:
-    return dict(max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s, solver=solver, mu0=mu0,
-                chunk=chunk, tau=tau)
-
-
 @register("lm-refit", "warm Levenberg-Marquardt re-fit of the retained objective from θ* (dual/primal/CG "
           "solves, per-example Jacobians), then the Laplace approximation at the new mode",
           families=("laplace", "meanfield", "lowrank", "fullrank"))
@@ -143,7 +138,8 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000) -> dict:
     _refuse_empirical(old, "lm-refit")
     t_start = time.perf_counter()
-    theta, rep = lm_mode(old, fs, **_lm_options(max_iters, rtol, gtol, time_budget_s, solver, mu0, chunk, tau))
+    theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
+                         solver=solver, mu0=mu0, chunk=chunk, tau=tau)
     warnings: list[str] = []
     rep["lbfgs_iterations"] = 0
     budget_left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)
