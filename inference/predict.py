@@ -79,16 +79,32 @@ def predict(posterior: Posterior, x: Any, num_samples: int = 200, seed: int = 0,
 
 def _linearised(posterior: Posterior, bound, x: torch.Tensor) -> Prediction:
     mu, x64 = posterior.loc.double(), x.double()
-    mean_fn = lambda theta: bound.predictive_moments(theta, x64)[0]  # noqa: E731
     with torch.no_grad():
         m, v = bound.predictive_moments(mu, x64)
-    J = torch.func.jacrev(mean_fn)(mu).detach()
-    if posterior.active is not None:  # only the active coordinates carry uncertainty
-        J = J[:, posterior.active]
-    epi = _diag_j_cov_jt(posterior, J).clamp_min(0)
+    parts = []
+    for a in range(0, len(x64), _CHUNK):  # J in chunks of rows: memory O(chunk · d)
+        J = _mean_jacobian(bound, x64[a:a + _CHUNK], mu).detach()
+        if posterior.active is not None:  # only the active coordinates carry uncertainty
+            J = J[:, posterior.active]
+        parts.append(_diag_j_cov_jt(posterior, J))
+    epi = torch.cat(parts).clamp_min(0)
     var = v.detach() + epi
     return Prediction(mean=m.detach(), std=var.sqrt(), epistemic_std=epi.sqrt(), means=m.detach()[None],
                       variances=var[None], weights=torch.ones(1, dtype=m.dtype))
+
+
+_CHUNK = 1024
+
+
+def _mean_jacobian(bound, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """∂m(x_i, θ)/∂θ at μ, [N, d]: per-example gradients (O(N d)) for a Normal observation, else the
+    ``jacrev`` of the batched mean (O(N² d), so only ever called on chunks)."""
+    from .curvature import per_example_jacobians
+
+    try:
+        return per_example_jacobians(bound, x, mu, with_scale=False)[0]
+    except NotImplementedError:
+        return torch.func.jacrev(lambda t: bound.predictive_moments(t, x)[0])(mu)
 
 
 def _diag_j_cov_jt(posterior: Posterior, J: torch.Tensor) -> torch.Tensor:
