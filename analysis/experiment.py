@@ -48,8 +48,11 @@ from inference.predict import Prediction
 from models.datasets import split
 from unlearning import unlearn
 
+from .ensemble import leave_one_out_floor, mixture, within_floor
 from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
 from .metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d, nll, rmse
+from .config import corrupt_forget_set, forget_requests
+from .scenarios import run_requests, scenario_metrics, scenario_request
 
 __all__ = ["run_experiment", "SPLITS"]
 
@@ -113,6 +116,8 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     data = build_data(cfg)
     model = build_model(cfg, in_dim=data.x.shape[1])
     idx = build_forget_indices(cfg, data)
+    data, corruption = corrupt_forget_set(cfg, data, idx)  # kind "corrupted": D_f's targets corrupted before fit
+    requests = forget_requests(cfg, idx, len(data.x))      # kind "sequential": D_f as consecutive requests
     xr, yr, xf, yf = split(data.x, data.y, idx)
     for sub in ("figures", "posteriors"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -134,13 +139,21 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     opts = cfg["methods"].get("options", {})
     bar = tqdm(methods, desc="unlearning methods", disable=not progress)
     results, runs = [], {}
+    seq, seq_cache = {}, {}  # kind "sequential": per-request entries by method; retrains shared between methods
     for name in bar:
         bar.set_postfix_str(name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                res = unlearn(post, xf, yf, name, seed=seed + (1 if name == "retrain" else 0), progress=False,
-                              **opts.get(name, {}))
+                if requests is not None and name not in ("none", "retrain"):  # the references stay single-shot
+                    res, seq[name] = run_requests(
+                        post, data, requests, name, opts.get(name, {}), seed=seed, cache=seq_cache,
+                        predict_fn=lambda p, x: predict(p, x, num_samples=S, seed=seed, linearised=linear_pred),
+                        step_references=cfg["forget"].get("step_references", False),
+                        retrain_options=opts.get("retrain", {}))
+                else:
+                    res = unlearn(post, xf, yf, name, seed=seed + (1 if name == "retrain" else 0), progress=False,
+                                  **opts.get(name, {}))
             except Exception as e:  # a method that cannot run on this posterior is reported, not hidden
                 err = f"{type(e).__name__}: {e}"
                 results.append({"method": name, "wall_time_s": None, "metrics": {},
@@ -154,9 +167,19 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
                             w.category, (FutureWarning, DeprecationWarning))}),
                         "diverged": res.diverged, "steps": res.steps, **_verdict_fields(res),
                         "diagnostics": json.loads(json.dumps(res.diagnostics, default=str))})
+        if name in seq:
+            results[-1]["sequential"] = seq[name]
     bar.close()
 
-    ref_res, ref_pred = runs["retrain"]
+    doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xf, yf, fit_time),
+                           "reference": {}, "noise_floor": {}, "results": results}
+    doc["request"].update(scenario_request(corruption, requests, cfg))  # corrupted / sequential: what was done
+    if "retrain" not in runs or "none" not in runs:  # a failed reference: report the rest, score nothing
+        doc["reference"] = {"error": "the reference (retrain or none) failed; no method could be scored against it"}
+        return _finish(doc, out, cfg, an, runs, results, data, post, xr, yr, xf, yf, seed)
+    ref_res = runs["retrain"][0]
+    retrain_preds, floor = _reference_ensemble(cfg, post, xf, yf, runs, predictions, opts, doc)
+    ref_pred = {s: mixture([p[s] for p in retrain_preds]) for s in inputs}
     none_pred = runs["none"][1]
     d_none = {s: _distances(none_pred[s], ref_pred[s]) for s in inputs}
     region = _region_mask(cfg, data)
@@ -173,6 +196,8 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
                 m[f"{s}/{k}"] = v
             m[f"{s}/gap_closed"] = gap_closed(d["predictive_kl"], d_none[s]["predictive_kl"])
             m[f"{s}/gap_closed_w2"] = gap_closed(d["w2"], d_none[s]["w2"])
+            if floor:
+                m[f"{s}/within_noise_floor"] = float(within_floor(d["predictive_kl"], floor[s]["predictive_kl"]))
             y = inputs[s][1]
             if y is not None:
                 m[f"{s}/rmse"] = rmse(pred[s], y)
@@ -183,15 +208,23 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
             m.update({f"weight/{k}": v for k, v in _weight_metrics(res.posterior, ref_res.posterior).items()})
         elif warm_ref is not None:
             m.update({f"weight_warm/{k}": v for k, v in _weight_metrics(res.posterior, warm_ref.posterior).items()})
+        if floor:
+            row["indistinguishable"] = all(m.get(f"{s}/within_noise_floor") == 1.0 for s in SPLITS)
 
-    doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xf, yf, fit_time),
-                           "noise_floor": {}, "results": results}
-    if an["noise_floor"]:
-        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False, **opts.get("retrain", {}))
-        other_pred = predictions(other.posterior)
-        doc["noise_floor"] = {f"{s}/{k}": v for s in inputs
-                              for k, v in _distances(other_pred[s], ref_pred[s]).items()}
-        doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
+    if floor:
+        for sp in inputs:
+            for k, vals in floor[sp].items():
+                doc["noise_floor"][f"{sp}/{k}"] = sum(vals) / len(vals)
+                doc["noise_floor"][f"{sp}/{k}_max"] = max(vals)
+            doc["noise_floor"][f"{sp}/gap_closed"] = gap_closed(doc["noise_floor"][f"{sp}/predictive_kl"],
+                                                                d_none[sp]["predictive_kl"])
+    return _finish(doc, out, cfg, an, runs, results, data, post, xr, yr, xf, yf, seed)
+
+
+def _finish(doc: dict, out: Path, cfg: dict, an: dict, runs: dict, results: list, data, post: Posterior,
+            xr, yr, xf, yf, seed: int) -> dict:
+    """Write the posteriors, metrics.json/csv, figures and report.md of a scored run."""
+    scenario_metrics(doc)  # membership (every row) and, for a corrupted D_f, utility/* (analysis.scenarios)
     if an["netcdf"]:
         _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results)
     # JSON-able, with NaN/inf (e.g. gap closed when d(none, retrain) = 0) written as null
@@ -203,6 +236,35 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     figures = _figures(out / "figures", cfg, data, post, runs, doc, xr, yr, xf, yf) if an["figures"] else {}
     write_report(doc, out / "report.md", figures)
     return doc
+
+
+def _reference_ensemble(cfg: dict, post: Posterior, xf, yf, runs: dict, predictions, opts: dict,
+                        doc: dict) -> tuple[list[dict], dict]:
+    """The K retrains of the reference (``runs["retrain"]`` and K − 1 more, seeds seed+2 … seed+K) and the
+    noise floor ``{split: {distance: [K leave-one-out values]}}`` (``analysis.ensemble``). With K = 1 the floor
+    comes from one extra retrain (seed + 2) that is not part of the reference, if ``analysis.noise_floor``."""
+    seed, an = cfg["seed"], cfg["analysis"]
+    K = an["references"]
+    first_res, first_pred = runs["retrain"]
+    preds, times, seeds = [first_pred], [first_res.wall_time_s], [seed + 1]
+    for k in range(2, K + 1):
+        other = unlearn(post, xf, yf, "retrain", seed=seed + k, progress=False, **opts.get("retrain", {}))
+        preds.append(predictions(other.posterior))
+        times.append(other.wall_time_s)
+        seeds.append(seed + k)
+    floor: dict = {}
+    if K >= 2:
+        floor = leave_one_out_floor(preds, _distances)
+    elif an["noise_floor"]:
+        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False, **opts.get("retrain", {}))
+        other_pred = predictions(other.posterior)
+        floor = {s: {k: [v] for k, v in _distances(other_pred[s], first_pred[s]).items()} for s in first_pred}
+        doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
+    doc["reference"] = {"kind": "ensemble" if K >= 2 else "single", "retrains": K, "seeds": seeds,
+                        "retrain_times_s": times,
+                        "noise_floor": ("leave-one-out: each retrain against the mixture of the others" if K >= 2
+                                        else "one more retrain (seed + 2) against the reference" if floor else None)}
+    return preds, floor
 
 
 def _verdict_fields(res) -> dict:

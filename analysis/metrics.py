@@ -15,6 +15,13 @@ Gap closed by a method, with d a distance to the retrained posterior:
 
     gap_closed = 1 - d(method, retrain) / d(none, retrain)     (1 = as good as retraining, 0 = no better
                                                                 than doing nothing, < 0 = worse)
+
+Deletion-scenario metrics, from a result's own predictions (no retraining needed for the first):
+
+    membership = NLL(D_f) - NLL(test)                          (≈ 0 after retraining on a random D_f;
+                                                                < 0 while D_f is still "remembered")
+    recovered  = (e_none - e_method) / (e_none - e_retrain)    (corrupted D_f, e = test RMSE or NLL:
+                                                                1 = retrain's test error, 0 = none's)
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from inference.posterior import Posterior
 from inference.predict import Prediction, predict
 
 __all__ = ["gaussian_kl_1d", "gaussian_w2_1d", "predictive_kl", "predictive_w2", "gap_closed",
-           "gaussian_kl", "gaussian_w2", "rmse", "nll"]
+           "gaussian_kl", "gaussian_w2", "rmse", "nll", "membership_signal", "recovered_fraction"]
 
 
 def gaussian_kl_1d(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
@@ -94,3 +101,30 @@ def rmse(pred: Prediction, y: torch.Tensor) -> float:
 def nll(pred: Prediction, y: torch.Tensor) -> float:
     """Mean negative log density of y under the moment-matched Gaussian predictive."""
     return float(-torch.distributions.Normal(pred.mean.double(), pred.std.double()).log_prob(y.double()).mean())
+
+
+def membership_signal(nll_forget: float, nll_test: float) -> float:
+    """Membership signal of D_f: mean NLL on D_f − mean NLL on the test set (per point, same predictive).
+
+    A loss-threshold membership inference statistic (Yeom et al., 2018; Shokri et al., 2017): a model that
+    still "remembers" D_f fits it better than unseen data, so the signal is negative. After exact retraining
+    on a random deletion, D_f is unseen data and the signal is ≈ 0 (up to sampling noise of |D_f| points);
+    for a region or corrupted D_f it is positive for retraining (D_f is unlike the rest), and a method should
+    be judged by how close it is to retrain's value, not to 0.
+    """
+    return float(nll_forget - nll_test)
+
+
+def recovered_fraction(value_none: float, value_method: float, value_retrain: float) -> float:
+    """Fraction of the damage of the corrupted rows a method undoes, on an error (RMSE, NLL; lower is better):
+
+        (value_none − value_method) / (value_none − value_retrain)
+
+    1 = the method recovers retraining's error, 0 = no better than keeping the corrupted rows (``none``),
+    < 0 = worse. NaN when retraining is not better than ``none`` (value_none ≤ value_retrain: the corruption
+    did not hurt, so there is nothing to recover) or a value is not finite.
+    """
+    gap = value_none - value_retrain
+    if not all(math.isfinite(v) for v in (value_none, value_method, value_retrain)) or gap <= 0:
+        return math.nan
+    return float((value_none - value_method) / gap)

