@@ -242,3 +242,15 @@ def test_ray_engine_gives_the_serial_cells(serial_sweep, tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the instance it started is shut down
+
+
+def test_committed_sweep_files_resolve():
+    """Every task of the committed sweep files (docs/sweeps/*.toml) passes the config checks."""
+    from pathlib import Path
+
+    from analysis.sweep import load_sweep
+
+    files = sorted((Path(__file__).resolve().parent.parent / "docs" / "sweeps").glob("*.toml"))
+    assert {f.stem for f in files} >= {"synthetic_1d", "concrete", "pitfalls"}
+    for f in files:
+        assert len(load_sweep(f).tasks) >= 5, f
