@@ -66,6 +66,9 @@ ENGINES = ("ray", "serial")
 SWEEP_KEYS = ("seeds", "base", "scenarios", "methods")
 SPLITS = ("forget", "retain", "test")
 VERDICTS = ("ok", "uncertain", "failed")
+#: pseudo-method of the summary: each task's noise floor (a retrain against the mixture of the others, as gap
+#: closed and distances), so that every cell has the retrains' own spread beside it
+NOISE_FLOOR = "noise-floor"
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 # folder names the sweep writes itself, so no scenario may take them
 _RESERVED = {"figures", "summary.json", "summary.csv", "report.md", "sweep.json"}
@@ -408,6 +411,9 @@ def _task_rows(doc: dict) -> dict[str, dict[str, float | None]]:
         for name in VERDICTS:
             row[f"verdict_{name}"] = None if v is None else float(v == name)
         rows[r["method"]] = row
+    floor = doc.get("noise_floor") or {}
+    if any(k.endswith("/gap_closed") for k in floor):  # the retrains' own spread, summarised beside the methods
+        rows[NOISE_FLOOR] = {k: v for k, v in floor.items() if isinstance(v, (int, float))}
     return rows
 
 

@@ -254,3 +254,16 @@ def test_committed_sweep_files_resolve():
     assert {f.stem for f in files} >= {"synthetic_1d", "concrete", "pitfalls"}
     for f in files:
         assert len(load_sweep(f).tasks) >= 5, f
+
+
+def test_summary_carries_the_noise_floor_beside_the_methods():
+    from analysis.sweep import NOISE_FLOOR, _task_rows
+
+    doc = {"results": [{"method": "retrain", "wall_time_s": 4.0, "metrics": {"test/gap_closed": 0.9}},
+                       {"method": "lm-refit", "wall_time_s": 0.5, "metrics": {"test/gap_closed": 0.8},
+                        "indistinguishable": False, "verdict": "ok"}],
+           "noise_floor": {"test/gap_closed": 0.97, "test/predictive_kl": 0.01, "retrain_time_s": 3.0}}
+    rows = _task_rows(doc)
+    assert rows[NOISE_FLOOR]["test/gap_closed"] == 0.97
+    assert rows["lm-refit"]["speedup"] == 8.0 and rows["lm-refit"]["indistinguishable"] == 0.0
+    assert NOISE_FLOOR not in _task_rows({**doc, "noise_floor": {}})
