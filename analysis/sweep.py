@@ -523,10 +523,18 @@ def _report(summary: dict, verdicts: dict, figures: dict[str, str]) -> str:
             n = max((c["n"] for (sc, mm, _), c in index.items() if sc == s and mm == m), default=0)
             vc = verdicts.get(s, {}).get(m, {})
             gaps = " | ".join(_fmt(index.get((s, m, f"{sp}/gap_closed"))) for sp in SPLITS)
-            speed = "–" if m == "none" else _fmt(index.get((s, m, "speedup")), 1)
+            speed = "–" if m in ("none", NOISE_FLOOR) else _fmt(index.get((s, m, "speedup")), 1)
             lines.append(f"| {m} | {gaps} | {speed} | {vc.get('ok', 0)}/{vc.get('uncertain', 0)}/"
                          f"{vc.get('failed', 0)} | {n} |")
         lines.append("")
+        floor = index.get((s, NOISE_FLOOR, "test/gap_closed"))
+        if floor and floor.get("mean") is not None and floor["mean"] < 0.5:
+            lines += [f"**Not readable**: a retrain closes only {floor['mean']:.2f} of the test gap to the mixture of "
+                      "the other retrains (the `noise-floor` row): the retrains disagree about as much as the "
+                      "deletion changes the posterior, so gap closed cannot rank the methods in this scenario.", ""]
+        elif floor:
+            lines += ["The `noise-floor` row is the gap closed a retrain itself reaches against the mixture of the "
+                      "other retrains: no method can be told apart from retraining above it.", ""]
         if s in figures:
             lines += [f"![Gap closed per seed, {s}]({figures[s]})", "",
                       "*Gap closed per seed (dots) and its spread (boxes) for each method and split; values "

@@ -267,3 +267,17 @@ def test_summary_carries_the_noise_floor_beside_the_methods():
     assert rows[NOISE_FLOOR]["test/gap_closed"] == 0.97
     assert rows["lm-refit"]["speedup"] == 8.0 and rows["lm-refit"]["indistinguishable"] == 0.0
     assert NOISE_FLOOR not in _task_rows({**doc, "noise_floor": {}})
+
+
+def test_report_flags_a_scenario_whose_noise_floor_swamps_the_deletion():
+    from analysis.sweep import NOISE_FLOOR, _report
+
+    def cell(method, metric, mean):
+        return {"scenario": "s", "method": method, "metric": metric, "mean": mean, "median": mean,
+                "ci_low": mean, "ci_high": mean, "n": 5}
+
+    base = {"engine": "serial", "seeds": [0], "scenarios": ["s"], "tasks": {"complete": 1, "failed": [], "pending": []}}
+    cells = [cell("lm-refit", "test/gap_closed", 0.1)]
+    low = _report({**base, "cells": cells + [cell(NOISE_FLOOR, "test/gap_closed", 0.05)]}, {}, {})
+    high = _report({**base, "cells": cells + [cell(NOISE_FLOOR, "test/gap_closed", 0.99)]}, {}, {})
+    assert "Not readable" in low and "Not readable" not in high
