@@ -19,7 +19,7 @@ import torch
 from models.datasets import as_regression_tensors
 
 from .laplace import find_map, find_map_lm, laplace_fields
-from .latent import BoundModel
+from .latent import BoundModel, check_feature_count
 from .nuts import run_nuts
 from .posterior import Posterior
 from .svi import DEFAULT_ELBO, GUIDES, STRUCTURE_OF, fit_svi_fields
@@ -41,8 +41,25 @@ _LM_OPTS = {"lm_max_iters", "lm_gtol"}
 _LAPLACE_OPTS = _MAP_OPTS | _LM_OPTS | {"optimizer", "curvature", "structure", "subset", "repair", "floor"}
 _NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
 MAP_GRAD_TOL = 1e-2  # gradient norm at θ* above which the Laplace fit warns that θ* is not a mode
+# options that must be numbers (int-only ones must also be integers), checked before any work
+_POSITIVE_NUMBERS = {"lr", "clip_norm", "init_scale", "lm_gtol", "floor", "target_accept_prob"}
+_POSITIVE_INTS = {"num_steps", "num_particles", "window", "max_plateaus", "rank", "batch_size", "lm_max_iters",
+                  "num_samples", "num_chains", "max_tree_depth"}
+_NONNEGATIVE_INTS = {"lbfgs_steps", "min_steps", "warmup_steps"}
 ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
                    "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
+
+
+def _check_option_types(options: dict) -> None:
+    """One-line ValueError naming an option whose value has the wrong type or sign (e.g. ``lr="fast"``)."""
+    for k, v in options.items():
+        if k in _POSITIVE_INTS | _NONNEGATIVE_INTS:
+            low = 0 if k in _NONNEGATIVE_INTS else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"option {k} must be an integer >= {low}, got {v!r}")
+        elif k in _POSITIVE_NUMBERS:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"option {k} must be a positive number, got {v!r}")
 
 
 def _json_safe(v: Any) -> Any:
@@ -81,9 +98,11 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; "
                          f"allowed: {sorted(ALLOWED_OPTIONS[method])}")
+    _check_option_types(options)
     x, y = as_regression_tensors(x, y)
     if y is None:
         raise ValueError("y is required to fit a posterior")
+    check_feature_count(model, x, "x")
     x, y = x.clone(), y.clone()
     bound = BoundModel(model, x, y)
     fit_meta = {"method": method, "seed": seed, "options": {k: _json_safe(v) for k, v in options.items()}}

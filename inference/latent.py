@@ -32,7 +32,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import biject_to
 
-__all__ = ["LatentSite", "LatentLayout", "BoundModel", "ModelConventionError", "DATA_PLATE"]
+__all__ = ["LatentSite", "LatentLayout", "BoundModel", "ModelConventionError", "DATA_PLATE", "check_feature_count"]
 
 DATA_PLATE = "data"
 
@@ -312,3 +312,11 @@ class BoundModel:
             return torch.func.vmap(f)(theta)
         except Exception:  # models with data-dependent Python control flow: fall back to a loop
             return torch.stack([f(t) for t in theta])
+
+
+def check_feature_count(model: Any, x: torch.Tensor, name: str) -> None:
+    """If the model states its input size (``model.in_dim``, as the built-in models do), ``x`` must match it."""
+    d = getattr(model, "in_dim", None)
+    if isinstance(d, int) and x.dim() == 2 and x.shape[1] != d:
+        raise ValueError(f"{name} has {x.shape[1]} features but the model takes in_dim={d}; pass inputs with "
+                         f"{d} columns (in the training data's order)")

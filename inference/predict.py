@@ -29,6 +29,7 @@ import torch
 
 from models.datasets import as_regression_tensors
 
+from .latent import check_feature_count
 from .posterior import Posterior
 
 __all__ = ["Prediction", "predict"]
@@ -60,6 +61,7 @@ def predict(posterior: Posterior, x: Any, num_samples: int = 200, seed: int = 0,
     module docstring around the posterior's mean and covariance (one "draw", the mean function at μ).
     """
     x, _ = as_regression_tensors(x)
+    check_feature_count(posterior.model, x, "x")
     bound = posterior.bound_model()
     if linearised:
         return _linearised(posterior, bound, x)

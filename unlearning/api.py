@@ -67,6 +67,11 @@ def unlearn_sequential(posterior: Posterior, requests: Sequence[tuple[Any, Any]]
         raise ValueError(f"on_failure must be 'raise' or 'continue', got {on_failure!r}")
     if len(requests) == 0:
         raise ValueError("no deletion requests given")
+    for j, req in enumerate(requests):
+        if not (isinstance(req, (tuple, list)) and len(req) == 2):
+            raise ValueError(f"deletion request {j} must be a pair (x_forget, y_forget), got {type(req).__name__}"
+                             + (f" of length {len(req)}" if hasattr(req, "__len__") else "")
+                             + "; pass requests=[(x_f1, y_f1), (x_f2, y_f2), ...]")
     results, current = [], posterior
     for j, (xf, yf) in enumerate(requests):
         try:

@@ -35,8 +35,14 @@ from .objective import ForgetLikelihood
 __all__ = ["importance_draws", "weighted_moments"]
 
 
+MIN_DRAWS = 20  # fewer draws cannot give a Pareto k̂ (it fits the largest 20 % of the weights) or an ESS
+
+
 def importance_draws(old: Posterior, forget: ForgetLikelihood, num_samples: int, seed: int):
     """(θ_s [S, d], base log-weights [S], log-weights for q̃ [S]) from the old posterior."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_DRAWS:
+        raise ValueError(f"num_samples must be an integer >= {MIN_DRAWS} (importance weights and Pareto k̂ need "
+                         f"draws), got {num_samples!r}")
     if old.structure == "empirical":
         theta = old.samples
         base = torch.log(old.weights())

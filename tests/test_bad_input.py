@@ -1,0 +1,58 @@
+"""Bad input to the API gives one clear line naming the argument, before any work (issue 12, item 13)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference import fit, predict
+from models import BayesianLinearRegression
+from unlearning import unlearn, unlearn_sequential
+
+
+@pytest.fixture(scope="module")
+def small():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=g)
+    y = x.sum(1) + 0.1 * torch.randn(30, generator=g)
+    model = BayesianLinearRegression(in_dim=2)
+    return model, x, y, fit(model, x, y, "laplace", progress=False)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"lr": "fast"}, "option lr must be a positive number, got 'fast'"),
+    ({"lr": -0.1}, "option lr must be a positive number"),
+    ({"num_steps": "100"}, "option num_steps must be an integer >= 1, got '100'"),
+    ({"num_steps": 10.5}, "option num_steps must be an integer"),
+    ({"window": True}, "option window must be an integer"),
+    ({"num_particles": 0}, "option num_particles must be an integer >= 1"),
+])
+def test_fit_names_a_mistyped_option(small, options, match):
+    model, x, y, _ = small
+    x0, y0 = x.clone(), y.clone()
+    with pytest.raises(ValueError, match=match):
+        fit(model, x, y, "meanfield", progress=False, **options)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_wrong_feature_count_is_named_in_fit_and_predict(small):
+    model, x, y, post = small
+    with pytest.raises(ValueError, match="x has 3 features but the model takes in_dim=2"):
+        fit(model, torch.randn(30, 3), y, "laplace", progress=False)
+    with pytest.raises(ValueError, match="x has 3 features but the model takes in_dim=2"):
+        predict(post, torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("method", ["psis", "rkl"])
+def test_too_few_importance_draws(small, method):
+    _, x, y, post = small
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 20"):
+        unlearn(post, x[:2], y[:2], method, num_samples=1)
+
+
+def test_sequential_requests_must_be_pairs(small):
+    _, x, y, post = small
+    with pytest.raises(ValueError, match=r"deletion request 0 must be a pair \(x_forget, y_forget\)"):
+        unlearn_sequential(post, [x[:2]], "laplace-downdate")
+    with pytest.raises(ValueError, match="deletion request 1 must be a pair"):
+        unlearn_sequential(post, [(x[:2], y[:2]), (x[2:4],)], "laplace-downdate")
