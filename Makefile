@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bayes-unlearn run --out results/default
+	$(BIN)/bayes-unlearn run --out results/default --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -31,6 +31,36 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+# what `run` writes into its results folder: `--overwrite` removes exactly these, nothing else
+RUN_OUTPUTS = ("report.md", "metrics.json", "metrics.csv", "config.toml", "environment.json", "figures", "posteriors")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty results folder (stale files would mix with the new run) unless ``--overwrite``,
+    which removes the previous run's outputs first; a folder holding anything else is never cleared."""
+    from .config import ConfigError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {str(out)!r} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''});"
+                          " choose a new folder or pass --overwrite to replace the previous results")
+    foreign = [n for n in present if n not in RUN_OUTPUTS]
+    if foreign:
+        raise ConfigError(f"--out {str(out)!r} holds files that are not results of `run` ({', '.join(foreign[:4])}); "
+                          "--overwrite only replaces a previous run's results: choose a new folder")
+    import shutil
+
+    for name in present:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def _run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
 
@@ -39,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         from .experiment import run_experiment
 
         out = args.out or f"results/{'quick' if args.quick else 'default'}-seed{cfg['seed']}"
+        _prepare_out(Path(out), args.overwrite)
         t0 = time.perf_counter()
         doc = run_experiment(cfg, out, progress=not args.no_progress)
     except ConfigError as e:
@@ -89,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<default|quick>-seedN)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--quick", action="store_true", help="a smaller, shorter run (under a minute)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a previous run in --out (a non-empty folder is refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_run)
     p = sub.add_parser("sweep", help="run scenarios × seeds of `run` (Ray or serial) and summarise them with "

@@ -56,3 +56,24 @@ def test_sequential_requests_must_be_pairs(small):
         unlearn_sequential(post, [x[:2]], "laplace-downdate")
     with pytest.raises(ValueError, match="deletion request 1 must be a pair"):
         unlearn_sequential(post, [(x[:2], y[:2]), (x[2:4],)], "laplace-downdate")
+
+
+def test_run_refuses_a_non_empty_out_folder_unless_overwrite(tmp_path, capsys):
+    """Stale results must not mix with a new run (issue 12, item 6)."""
+    from analysis.cli import _prepare_out, main
+    from analysis.config import ConfigError
+
+    out = tmp_path / "res"
+    (out / "posteriors").mkdir(parents=True)
+    (out / "posteriors" / "old_method.nc").write_text("stale")
+    (out / "report.md").write_text("old report")
+    assert main(["run", "--quick", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err
+    assert (out / "report.md").read_text() == "old report"  # nothing touched
+    _prepare_out(out, overwrite=True)  # what `run --overwrite` does before the run
+    assert list(out.iterdir()) == []
+    (out / "notes.txt").write_text("mine")  # a folder with someone else's files is never cleared
+    with pytest.raises(ConfigError, match="not results of `run`"):
+        _prepare_out(out, overwrite=True)
+    assert (out / "notes.txt").exists()
