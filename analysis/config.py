@@ -192,7 +192,9 @@ def methods_to_run(cfg: dict) -> list[str]:
         raise ConfigError(f"methods.skip: {sorted(set(skip) & set(REFERENCES))} are the references every "
                           "comparison needs and cannot be skipped")
     family = cfg["inference"]["method"]
-    chosen = [n for n in REGISTRY if applies_to(n, family)] if "all" in run else run
+    model = MODELS.get(cfg["model"].get("name"))
+    chosen = ([n for n in REGISTRY if applies_to(n, family, model.__name__ if model else None)] if "all" in run
+              else run)
     out = list(REFERENCES) + [n for n in chosen if n not in REFERENCES and n not in skip]
     for name, opts in m.get("options", {}).items():
         if name not in REGISTRY:

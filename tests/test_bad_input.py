@@ -77,3 +77,13 @@ def test_run_refuses_a_non_empty_out_folder_unless_overwrite(tmp_path, capsys):
     with pytest.raises(ConfigError, match="not results of `run`"):
         _prepare_out(out, overwrite=True)
     assert (out / "notes.txt").exists()
+
+
+def test_run_all_skips_methods_that_need_another_model():
+    """`run = ["all"]` means all that apply: L-CODEC needs a BayesianMLP (issue 12, item 14)."""
+    from analysis.config import load_config, merge, methods_to_run, resolve
+
+    cfg = load_config(quick=True)
+    assert "lcodec" in methods_to_run(cfg)
+    linear = resolve(merge(cfg, {"model": {"name": "linear"}}))
+    assert "lcodec" not in methods_to_run(linear) and "laplace-downdate" in methods_to_run(linear)

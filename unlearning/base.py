@@ -78,20 +78,24 @@ REGISTRY: dict[str, tuple[Callable[..., dict], str]] = {}
 _PASSED_ON: dict[str, Any] = {}
 # name -> the inference families a method applies to (None: every family)
 _FAMILIES: dict[str, tuple[str, ...] | None] = {}
+_MODELS: dict[str, tuple[str, ...] | None] = {}
 
 
-def applies_to(name: str, family: str) -> bool:
-    """Whether method ``name`` accepts posteriors of inference family ``family`` (``run all`` skips the rest)."""
-    fams = _FAMILIES.get(name)
-    return fams is None or family in fams
+def applies_to(name: str, family: str, model: str | None = None) -> bool:
+    """Whether method ``name`` accepts posteriors of inference family ``family`` and, if given, of a model
+    of class name ``model`` (``run all`` skips the rest)."""
+    fams, models = _FAMILIES.get(name), _MODELS.get(name)
+    return (fams is None or family in fams) and (model is None or models is None or model in models)
 
 
-def register(name: str, description: str, passes_on: Any = (), families: tuple[str, ...] | None = None) -> Callable:
+def register(name: str, description: str, passes_on: Any = (), families: tuple[str, ...] | None = None,
+             models: tuple[str, ...] | None = None) -> Callable:
     """Decorator that adds an unlearning method to the registry under ``name``.
 
     ``passes_on`` names the options a method accepts through ``**options`` (a tuple of names, or a
     function of the posterior's inference family returning them), so that
-    :func:`accepted_options` can check a configuration before anything runs.
+    :func:`accepted_options` can check a configuration before anything runs. ``families`` and ``models``
+    (model class names) restrict what the method applies to (:func:`applies_to`; None: anything).
     """
     def deco(fn: Callable) -> Callable:
         if name in REGISTRY:
@@ -99,6 +103,7 @@ def register(name: str, description: str, passes_on: Any = (), families: tuple[s
         REGISTRY[name] = (fn, description)
         _PASSED_ON[name] = passes_on
         _FAMILIES[name] = families
+        _MODELS[name] = models
         return fn
     return deco
 

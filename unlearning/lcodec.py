@@ -138,7 +138,8 @@ def mlp_activations(model: BayesianMLP, sites: dict[str, torch.Tensor], x: torch
 
 
 @register("lcodec", "L-CODEC (Mehta et al. 2022): FOCI/CODEC neuron selection under input perturbation, then "
-          "the Newton step with the exact sub-Hessian on the selected weights only (optional (ε,δ) noise)")
+          "the Newton step with the exact sub-Hessian on the selected weights only (optional (ε,δ) noise)",
+          models=("BayesianMLP",))
 def lcodec(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, num_perturb: int = 100,
            perturb_scale: float = 0.1, max_samples: int = 1000, scope: str = "global",
            epsilon: float | None = None, delta: float = 1e-5,
