@@ -48,7 +48,7 @@ else:  # pragma: no cover
 import tomli_w
 import torch
 
-from inference.fit import ALLOWED_OPTIONS, METHODS
+from inference.fit import ALLOWED_OPTIONS, METHODS, check_option_types
 from models import BayesianLinearRegression, BayesianMLP
 from models.datasets import CORRUPTION_MODES, corrupt_targets, split_requests
 from models.datasets import (RegressionData, check_forget_indices, diabetes, forget_fraction, forget_random,
@@ -159,6 +159,14 @@ def resolve(cfg: dict) -> dict:
         raise ConfigError(f"inference.method must be one of {sorted(METHODS)}, got {inf.get('method')!r}")
     _check_keys(inf, {"method", "options"}, "inference")
     _check_keys(inf.get("options", {}), ALLOWED_OPTIONS[inf["method"]], "inference.options")
+    try:
+        check_option_types(inf.get("options", {}))
+    except ValueError as e:
+        raise ConfigError(f"inference.options: {e}") from e
+    hidden = model.get("hidden", [])
+    if model["name"] == "mlp" and (not isinstance(hidden, list) or not hidden or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+        raise ConfigError(f"model.hidden must be a list of positive layer widths, e.g. [32, 32], got {hidden!r}")
     if forget.get("kind") not in _FORGET_KEYS:
         raise ConfigError(f"forget.kind must be one of {sorted(_FORGET_KEYS)}, got {forget.get('kind')!r}")
     _check_keys(forget, _FORGET_KEYS[forget["kind"]], "forget")
@@ -203,7 +211,35 @@ def methods_to_run(cfg: dict) -> list[str]:
             raise ConfigError(f"methods.options.{name} must be a table of options, got {opts!r}")
         allowed = accepted_options(name, family)
         _check_keys(opts, set(allowed), f"methods.options.{name}")
+        _check_option_values(name, opts)
     return list(dict.fromkeys(out))
+
+
+def _check_option_values(name: str, opts: dict) -> None:
+    """A method option must have the type of its default in the method's signature (a number where the
+    default is a number, true/false where it is a bool, text where it is text); forwarded options are
+    checked by the method itself. Raises ConfigError naming the key."""
+    from unlearning import REGISTRY
+
+    params = inspect.signature(REGISTRY[name][0]).parameters
+    for key, value in opts.items():
+        p = params.get(key)
+        if p is None:  # forwarded to an optimiser: the numeric option names of fit() mean the same there
+            try:
+                check_option_types({key: value})
+            except ValueError as e:
+                raise ConfigError(f"methods.options.{name}.{key}: {e}") from e
+            continue
+        if p.default is inspect.Parameter.empty or p.default is None:
+            continue
+        d = p.default
+        ok = (isinstance(value, bool) if isinstance(d, bool) else
+              isinstance(value, int) and not isinstance(value, bool) if isinstance(d, int) else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(d, float) else
+              isinstance(value, str) if isinstance(d, str) else True)
+        if not ok:
+            raise ConfigError(f"methods.options.{name}.{key} must be {type(d).__name__} like its default {d!r}, "
+                              f"got {value!r}")
 
 
 def build_data(cfg: dict) -> RegressionData:

@@ -50,7 +50,7 @@ ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SV
                    "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
 
 
-def _check_option_types(options: dict) -> None:
+def check_option_types(options: dict) -> None:
     """One-line ValueError naming an option whose value has the wrong type or sign (e.g. ``lr="fast"``)."""
     for k, v in options.items():
         if k in _POSITIVE_INTS | _NONNEGATIVE_INTS:
@@ -98,7 +98,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; "
                          f"allowed: {sorted(ALLOWED_OPTIONS[method])}")
-    _check_option_types(options)
+    check_option_types(options)
     x, y = as_regression_tensors(x, y)
     if y is None:
         raise ValueError("y is required to fit a posterior")

@@ -87,3 +87,18 @@ def test_run_all_skips_methods_that_need_another_model():
     assert "lcodec" in methods_to_run(cfg)
     linear = resolve(merge(cfg, {"model": {"name": "linear"}}))
     assert "lcodec" not in methods_to_run(linear) and "laplace-downdate" in methods_to_run(linear)
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"inference": {"options": {"num_steps": "100"}}}, "inference.options"),
+    ({"model": {"hidden": 16}}, "model.hidden"),
+    ({"model": {"hidden": [16, "wide"]}}, "model.hidden"),
+    ({"methods": {"options": {"eubo": {"num_steps": "100"}}}}, "methods.options.eubo.num_steps"),
+    ({"methods": {"options": {"lm-refit": {"max_iters": 2.5}}}}, "methods.options.lm-refit.max_iters"),
+])
+def test_config_values_of_the_wrong_type_are_refused_before_any_work(override, key):
+    """issue 12, item 5: these ran for minutes and crashed, or ran and marked the method failed."""
+    from analysis.config import ConfigError, load_config, merge, resolve
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve(merge(load_config(quick=True), override))
