@@ -32,7 +32,25 @@ from torch.distributions import Distribution, Independent, LowRankMultivariateNo
 
 from .latent import BoundModel, LatentLayout
 
-__all__ = ["Posterior", "STRUCTURES"]
+__all__ = ["Posterior", "STRUCTURES", "PosteriorFileError"]
+
+FILE_FORMAT = "bayes-unlearn-posterior/2"  # /2: a checksum of the tensor bytes; /1 files load with a warning
+
+
+class PosteriorFileError(ValueError):
+    """A posterior file that cannot be trusted: not ours, corrupt, or written for another model."""
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 STRUCTURES = ("diag", "lowrank", "full", "precision", "empirical")
 _TENSOR_FIELDS = ("loc", "scale", "cov_factor", "cov_diag", "scale_tril", "precision", "samples",
@@ -231,29 +249,61 @@ class Posterior:
             if self.y is not None:
                 tensors["y"] = self.y.contiguous()
         model_cfg = self.model.config() if hasattr(self.model, "config") else None
-        header = {"format": "bayes-unlearn-posterior/1", "structure": self.structure, "family": self.family,
-                  "layout": self.layout.to_json(), "model": model_cfg, "meta": dict(self.meta)}
+        header = {"format": FILE_FORMAT, "structure": self.structure, "family": self.family,
+                  "layout": self.layout.to_json(), "model": model_cfg, "meta": dict(self.meta),
+                  "checksum": _checksum(tensors)}
         save_file(tensors, str(path), metadata={"bayes_unlearn": json.dumps(header)})
 
     @classmethod
     def load(cls, path: str | Path, model: Callable | None = None) -> "Posterior":
         """Read a file written by :meth:`save`. Built-in models are rebuilt from the file; pass
         ``model=`` for your own model (needed for predictions and unlearning)."""
+        import warnings
+
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if "bayes_unlearn" not in meta:
-                raise ValueError(f"{path} is not a bayes-unlearn posterior file")
-            header = json.loads(meta["bayes_unlearn"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if model is None and header.get("model"):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "bayes_unlearn" not in meta:
+                    raise PosteriorFileError(f"{path} is not a bayes-unlearn posterior file")
+                header = json.loads(meta["bayes_unlearn"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except PosteriorFileError:
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # safetensors/JSON errors on a damaged file
+            raise PosteriorFileError(f"{path} is corrupt or not a posterior file ({type(e).__name__}: {e})") from e
+        if header.get("checksum") is not None:
+            if _checksum(tensors) != header["checksum"]:
+                raise PosteriorFileError(f"{path} is corrupt: its tensor data does not match the checksum written "
+                                         "with it; use another copy or refit")
+        else:
+            warnings.warn(f"{path} has no checksum (format {header.get('format')}): its integrity cannot be checked; "
+                          "save it again to add one", stacklevel=2)
+        layout = LatentLayout.from_json(header["layout"])
+        stored_cfg = header.get("model")
+        if model is None and stored_cfg:
             from models import model_from_config
 
-            model = model_from_config(header["model"])
+            model = model_from_config(stored_cfg)
+        elif model is not None:
+            given_cfg = model.config() if hasattr(model, "config") else None
+            if stored_cfg and given_cfg is not None and given_cfg != stored_cfg:
+                diff = sorted(k for k in set(stored_cfg) | set(given_cfg) if stored_cfg.get(k) != given_cfg.get(k))
+                raise PosteriorFileError(f"{path} was written for model {stored_cfg}, not {given_cfg} (differs in "
+                                         f"{diff}); pass the model it was fitted with, or none to rebuild it")
+            x0 = tensors.get("x")
+            if x0 is not None:
+                given_layout = BoundModel(model, x0, tensors.get("y")).layout
+                if given_layout.to_json() != layout.to_json():
+                    raise PosteriorFileError(
+                        f"{path} was written for a model with latent sites "
+                        f"{[(d['name'], d['shape']) for d in layout.to_json()]}, but the given model has "
+                        f"{[(d['name'], d['shape']) for d in given_layout.to_json()]}; pass the model it was fitted with")
         x, y = tensors.pop("x", None), tensors.pop("y", None)
-        return cls(structure=header["structure"], family=header["family"],
-                   layout=LatentLayout.from_json(header["layout"]), model=model, x=x, y=y,
+        return cls(structure=header["structure"], family=header["family"], layout=layout, model=model, x=x, y=y,
                    meta=header["meta"], **tensors)
 
     def __repr__(self) -> str:

@@ -102,3 +102,48 @@ def test_config_values_of_the_wrong_type_are_refused_before_any_work(override, k
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         resolve(merge(load_config(quick=True), override))
+
+
+# -- posterior files (issue 12, items 2 and 3) ----------------------------------------------------------
+def test_a_flipped_byte_in_a_posterior_file_is_caught(small, tmp_path):
+    from inference.posterior import Posterior, PosteriorFileError
+
+    _, _, _, post = small
+    path = tmp_path / "p.safetensors"
+    post.save(path)
+    back = Posterior.load(path)
+    assert torch.equal(back.loc, post.loc) and torch.equal(back.y, post.y)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01  # the last bytes are tensor data
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(PosteriorFileError, match="corrupt"):
+        Posterior.load(bad)
+    bad.write_bytes(bytes(raw[:40]))  # truncated
+    with pytest.raises(PosteriorFileError, match="corrupt"):
+        Posterior.load(bad)
+
+
+def test_loading_with_another_model_is_refused(tmp_path):
+    from inference.posterior import Posterior, PosteriorFileError
+    from models import BayesianMLP
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, generator=g), torch.randn(40, generator=g)
+    a = BayesianMLP(1, (32, 16))
+    post = fit(a, x, y, "laplace", progress=False, num_steps=20, lbfgs_steps=0, curvature="ggn", structure="diag")
+    path = tmp_path / "mlp.safetensors"
+    post.save(path)
+    b = BayesianMLP(1, (16, 32))  # the same number of parameters (609), another net
+    assert post.dim == 609
+    with pytest.raises(PosteriorFileError, match="differs in \\['hidden'\\]"):
+        Posterior.load(path, model=b)
+    with pytest.raises(PosteriorFileError, match="noise"):
+        Posterior.load(path, model=BayesianMLP(1, (32, 16), noise=0.3))
+
+    def user_model(x, y=None):  # a plain Pyro model with other shapes, no config(): caught by its sites
+        return b(x, y)
+
+    with pytest.raises(PosteriorFileError, match="latent sites"):
+        Posterior.load(path, model=user_model)
+    assert torch.equal(Posterior.load(path, model=BayesianMLP(1, (32, 16))).loc, post.loc)
