@@ -29,7 +29,7 @@ import torch
 
 from models.datasets import as_regression_tensors
 
-from .latent import check_feature_count
+from .latent import BoundModel, check_feature_count
 from .posterior import Posterior
 
 __all__ = ["Prediction", "predict"]
@@ -62,7 +62,13 @@ def predict(posterior: Posterior, x: Any, num_samples: int = 200, seed: int = 0,
     """
     x, _ = as_regression_tensors(x)
     check_feature_count(posterior.model, x, "x")
-    bound = posterior.bound_model()
+    if posterior.model is None:
+        raise ValueError("this posterior carries no model: pass model= to Posterior.load (built-in models are "
+                         "rebuilt from the file)")
+    # predictions need the model, not the training data: a file saved with include_data=False binds the
+    # model to the inputs asked about (the layout is the model's, whatever data it is traced on)
+    bound = (posterior.bound_model() if posterior.x is not None
+             else BoundModel(posterior.model, x, torch.zeros(len(x), dtype=x.dtype)))
     if linearised:
         return _linearised(posterior, bound, x)
     if posterior.structure == "empirical":

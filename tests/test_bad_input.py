@@ -147,3 +147,19 @@ def test_loading_with_another_model_is_refused(tmp_path):
     with pytest.raises(PosteriorFileError, match="latent sites"):
         Posterior.load(path, model=user_model)
     assert torch.equal(Posterior.load(path, model=BayesianMLP(1, (32, 16))).loc, post.loc)
+
+
+def test_a_posterior_saved_without_data_predicts_and_unlearn_says_it_needs_the_data(small, tmp_path):
+    """issue 12, item 4."""
+    from inference.posterior import Posterior
+
+    _, x, y, post = small
+    path = tmp_path / "nodata.safetensors"
+    post.save(path, include_data=False)
+    back = Posterior.load(path)
+    assert back.x is None
+    a, b = predict(back, x[:5], linearised=True), predict(post, x[:5], linearised=True)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(a.std, b.std)
+    with pytest.raises(ValueError, match="training data"):
+        unlearn(back, x[:2], y[:2], "laplace-downdate")
