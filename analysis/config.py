@@ -111,18 +111,22 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_toml(path: str | Path, what: str, error: type[ConfigError] = ConfigError) -> dict:
+    """The table of a TOML file; ``error`` (naming ``what`` and the path) if it is missing or not valid TOML."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{p}: not valid TOML: {e}") from e
+
+
 def load_config(path: str | Path | None = None, *, quick: bool = False, seed: int | None = None) -> dict:
     """The resolved configuration: defaults, then ``--quick`` overrides, then the file, then ``seed``."""
     cfg = merge(DEFAULT_CONFIG, QUICK_OVERRIDES) if quick else copy.deepcopy(DEFAULT_CONFIG)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            user = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from e
-        cfg = merge(cfg, user)
+        cfg = merge(cfg, read_toml(path, "config file"))
     if seed is not None:
         cfg["seed"] = seed
     return resolve(cfg)

@@ -56,7 +56,7 @@ else:  # pragma: no cover
 
 import numpy as np
 
-from .config import DEFAULT_CONFIG, QUICK_OVERRIDES, ConfigError, merge, resolve
+from .config import DEFAULT_CONFIG, QUICK_OVERRIDES, ConfigError, merge, read_toml, resolve
 from .stats import bootstrap_ci, finite_values
 
 __all__ = ["SweepError", "Task", "Sweep", "load_sweep", "plan_sweep", "run_task", "run_sweep", "summarise",
@@ -108,14 +108,7 @@ class Sweep:
 def load_sweep(path: str | Path, *, quick: bool = False) -> Sweep:
     """Read and check a sweep file; every task's configuration is resolved (a :class:`ConfigError` names
     the scenario and the key)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file {str(p)!r} does not exist")
-    try:
-        spec = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SweepError(f"{p}: not valid TOML: {e}") from e
-    return plan_sweep(spec, quick=quick)
+    return plan_sweep(read_toml(path, "sweep file", SweepError), quick=quick)
 
 
 def _seeds(value: Any) -> list[int]:

@@ -46,11 +46,11 @@ def bootstrap_ci(values: list[float], stat=None, n_boot: int = 2000, seed: int =
 
 
 def _mixture(preds: list) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.stack([p.mean.double() for p in preds])
-    v = torch.stack([p.std.double() ** 2 for p in preds])
-    mean = m.mean(0)
-    var = (v + m**2).mean(0) - mean**2
-    return mean, var.clamp_min(1e-300).sqrt()
+    """(mean, std) of the moment-matched mixture (``analysis.ensemble.mixture``, the reference of `run`)."""
+    from analysis.ensemble import mixture
+
+    mix = mixture(preds)
+    return mix.mean, mix.std
 
 
 def _kl(p, mean, std) -> float:

@@ -49,7 +49,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -1078,6 +1078,31 @@ def diabetes(
     return standardize_data(data) if standardize else data
 
 
+def _select_columns(where: object, columns: list[str], target: str, features: list[str] | None,
+                    hint: Callable[[str], str]) -> list[str]:
+    """The feature columns of a table: ``features`` checked against ``columns`` (default: all but ``target``).
+
+    ``hint(name)`` ends the message for a missing column (the column list, or close names). Raises
+    ValueError for a missing target or feature, the target listed as a feature, duplicates, or no features.
+    """
+    if target not in columns:
+        raise ValueError(f"{where}: target column {target!r} not found; " + hint(target))
+    if features is None:
+        features = [c for c in columns if c != target]
+    else:
+        features = list(features)
+        missing = [f for f in features if f not in columns]
+        if missing:
+            raise ValueError(f"{where}: feature column(s) {missing} not found; " + hint(missing[0]))
+        if target in features:
+            raise ValueError(f"{where}: target {target!r} is also listed as a feature")
+        if len(set(features)) != len(features):
+            raise ValueError(f"{where}: duplicate feature names in {features}")
+    if not features:
+        raise ValueError(f"{where}: no feature columns besides target {target!r}")
+    return features
+
+
 def load_csv(
     path: str | os.PathLike[str],
     target: str,
@@ -1135,28 +1160,7 @@ def load_csv(
         dup_cols = sorted({h for h in header if header.count(h) > 1})
         if dup_cols:
             raise ValueError(f"{path}: duplicate column names {dup_cols}")
-        if target not in header:
-            raise ValueError(
-                f"{path}: target column {target!r} not found; columns are {header}"
-            )
-        if features is None:
-            features = [h for h in header if h != target]
-        else:
-            features = list(features)
-            missing = [f for f in features if f not in header]
-            if missing:
-                raise ValueError(
-                    f"{path}: feature column(s) {missing} not found; "
-                    f"columns are {header}"
-                )
-            if target in features:
-                raise ValueError(
-                    f"{path}: target {target!r} is also listed as a feature"
-                )
-            if len(set(features)) != len(features):
-                raise ValueError(f"{path}: duplicate feature names in {features}")
-        if not features:
-            raise ValueError(f"{path}: no feature columns besides target {target!r}")
+        features = _select_columns(path, header, target, features, lambda _: f"columns are {header}")
         used = [header.index(c) for c in features + [target]]
         names = features + [target]
 
@@ -1382,27 +1386,8 @@ def rdataset(
         dups = sorted(set(df.columns[df.columns.duplicated()]))
         raise ValueError(f"{name}: duplicate column names {dups}")
     columns = [c for c in df.columns if c != "rownames"]
-    if target not in columns:
-        raise ValueError(
-            f"{name}: target column {target!r} not found; "
-            + _suggest(target, columns, f"columns are {columns}")
-        )
-    if features is None:
-        features = [c for c in columns if c != target]
-    else:
-        features = list(features)
-        missing = [f for f in features if f not in columns]
-        if missing:
-            raise ValueError(
-                f"{name}: feature column(s) {missing} not found; "
-                + _suggest(missing[0], columns, f"columns are {columns}")
-            )
-        if target in features:
-            raise ValueError(f"{name}: target {target!r} is also listed as a feature")
-        if len(set(features)) != len(features):
-            raise ValueError(f"{name}: duplicate feature names in {features}")
-    if not features:
-        raise ValueError(f"{name}: no feature columns besides target {target!r}")
+    features = _select_columns(name, columns, target, features,
+                               lambda col: _suggest(col, columns, f"columns are {columns}"))
 
     if not pd.api.types.is_numeric_dtype(df[target]):
         raise ValueError(
