@@ -37,7 +37,7 @@ from models.datasets import RegressionData
 from unlearning import unlearn, unlearn_sequential
 from unlearning.base import UnlearningResult
 
-from .metrics import gap_closed, gaussian_kl_1d, membership_signal, nll, recovered_fraction, rmse
+from .metrics import gap_closed, membership_signal, nll, predictive_kl, recovered_fraction, rmse
 
 __all__ = ["VERDICT_ORDER", "worst_verdict", "run_requests", "scenario_metrics", "scenario_request"]
 
@@ -49,10 +49,6 @@ def worst_verdict(verdicts: list[str | None]) -> str | None:
     """The worst of several verdicts (failed > uncertain > ok); None when none of them is known."""
     known = [v for v in verdicts if v in VERDICT_ORDER]
     return max(known, key=VERDICT_ORDER.index) if known else None
-
-
-def _kl(p: Prediction, q: Prediction) -> float:
-    return float(gaussian_kl_1d(p.mean.double(), p.std.double(), q.mean.double(), q.std.double()).mean())
 
 
 def run_requests(post: Posterior, data: RegressionData, requests: list[torch.Tensor], method: str,
@@ -90,9 +86,9 @@ def run_requests(post: Posterior, data: RegressionData, requests: list[torch.Ten
                 ref = unlearn(post, data.x[so_far], data.y[so_far], "retrain", seed=seed + 1, progress=False,
                               **(retrain_options or {}))
                 cache[j] = predict_fn(ref.posterior, data.x_test)
-            kl = _kl(test_pred, cache[j])
+            kl = predictive_kl(test_pred, cache[j])
             entry["test/predictive_kl"] = kl
-            entry["test/gap_closed"] = gap_closed(kl, _kl(cache["none_test"], cache[j]))
+            entry["test/gap_closed"] = gap_closed(kl, predictive_kl(cache["none_test"], cache[j]))
         steps.append(entry)
     last = results[-1]
     verdict = worst_verdict([res.verdict.get("verdict") for res in results])

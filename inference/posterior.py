@@ -269,9 +269,7 @@ class Posterior:
                     raise PosteriorFileError(f"{path} is not a bayes-unlearn posterior file")
                 header = json.loads(meta["bayes_unlearn"])
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except PosteriorFileError:
-            raise
-        except FileNotFoundError:
+        except (PosteriorFileError, FileNotFoundError):
             raise
         except Exception as e:  # safetensors/JSON errors on a damaged file
             raise PosteriorFileError(f"{path} is corrupt or not a posterior file ({type(e).__name__}: {e})") from e
