@@ -144,7 +144,10 @@ def save_netcdf(idata: az.InferenceData, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = "netcdf4" if importlib.util.find_spec("netCDF4") is not None else "h5netcdf"
-    idata.to_netcdf(str(path), engine=engine)
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:  # a half-written file never replaces a good one
+        idata.to_netcdf(str(tmp), engine=engine)
     return path
 
 

@@ -32,7 +32,8 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 # what `run` writes into its results folder: `--overwrite` removes exactly these, nothing else
-RUN_OUTPUTS = ("report.md", "metrics.json", "metrics.csv", "config.toml", "environment.json", "figures", "posteriors")
+RUN_OUTPUTS = ("report.md", "metrics.json", "metrics.csv", "config.toml", "environment.json", "status.json", "figures",
+               "posteriors")
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -68,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, quick=args.quick, seed=args.seed)
         from .experiment import run_experiment
 
-        out = args.out or f"results/{'quick' if args.quick else 'default'}-seed{cfg['seed']}"
+        out = args.out = args.out or f"results/{'quick' if args.quick else 'default'}-seed{cfg['seed']}"
         _prepare_out(Path(out), args.overwrite)
         t0 = time.perf_counter()
         doc = run_experiment(cfg, out, progress=not args.no_progress)
@@ -168,7 +169,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
-    return args.func(args)
+    return _guarded(args.func, args, argv[0])
+
+
+def _guarded(func, args: argparse.Namespace, command: str) -> int:
+    """Run a sub-command: Ctrl-C gives exit 130 and one line, any other error exit 1 and one line naming it
+    (``BAYES_UNLEARN_TRACEBACK=1`` re-raises for the traceback). ``run`` records either in ``status.json``."""
+    import os
+
+    out = getattr(args, "out", None)
+    where = ("" if not out else f" (finished tasks kept in {out}; --resume runs the rest)" if command == "sweep"
+             else f" (partial results in {out}; its status.json says so)")
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print(f"bayes-unlearn {command}: interrupted{where}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- one line, never a raw traceback, unless asked for
+        if os.environ.get("BAYES_UNLEARN_TRACEBACK"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"bayes-unlearn {command}: failed: {type(e).__name__}: {msg}{where}; "
+              "set BAYES_UNLEARN_TRACEBACK=1 for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from models.datasets import split
 from unlearning import unlearn
 
 from .ensemble import leave_one_out_floor, mixture, within_floor
+from .files import run_status, write_json_atomic, write_text_atomic
 from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
 from .metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d, nll, rmse
 from .config import corrupt_forget_set, forget_requests
@@ -90,16 +91,33 @@ def environment(seed: int) -> dict:
 
 
 def run_experiment(cfg: dict, out: str | Path, *, progress: bool = True) -> dict:
-    """Run the experiment of a resolved configuration (see :func:`_run`) with ``analysis.threads`` torch threads."""
+    """Run the experiment of a resolved configuration (see :func:`_run`) with ``analysis.threads`` torch threads.
+
+    ``out/status.json`` says ``"running"`` while it runs, then ``"complete"``, ``"interrupted"`` (Ctrl-C; the
+    KeyboardInterrupt is re-raised) or ``"failed"`` with the error (re-raised); every file is written atomically.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg["analysis"]["threads"])
     try:
-        return _run(cfg, out, progress)
+        plan = _plan(cfg)  # a bad configuration raises here, before anything is written
+        with run_status(out):  # status.json: running -> complete | interrupted | failed (analysis.files)
+            return _run(cfg, out, progress, plan)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
+def _plan(cfg: dict) -> tuple:
+    """Everything that can fail on the configuration, before any work: the methods, data, model, forget set."""
+    methods = methods_to_run(cfg)
+    data = build_data(cfg)
+    model = build_model(cfg, in_dim=data.x.shape[1])
+    idx = build_forget_indices(cfg, data)
+    data, corruption = corrupt_forget_set(cfg, data, idx)  # kind "corrupted": D_f's targets corrupted before fit
+    requests = forget_requests(cfg, idx, len(data.x))      # kind "sequential": D_f as consecutive requests
+    return methods, data, model, idx, corruption, requests
+
+
+def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
     """Run the experiment of a resolved configuration (:func:`analysis.config.load_config`) into ``out``.
 
     Returns the ``metrics.json`` document: ``{"config", "request", "noise_floor", "results"}`` where
@@ -111,18 +129,12 @@ def _run(cfg: dict, out: str | Path, progress: bool) -> dict:
     out = Path(out)
     seed = cfg["seed"]
     an = cfg["analysis"]
-    # -- everything that can fail on the configuration, before any work ---------------------------------
-    methods = methods_to_run(cfg)
-    data = build_data(cfg)
-    model = build_model(cfg, in_dim=data.x.shape[1])
-    idx = build_forget_indices(cfg, data)
-    data, corruption = corrupt_forget_set(cfg, data, idx)  # kind "corrupted": D_f's targets corrupted before fit
-    requests = forget_requests(cfg, idx, len(data.x))      # kind "sequential": D_f as consecutive requests
+    methods, data, model, idx, corruption, requests = plan
     xr, yr, xf, yf = split(data.x, data.y, idx)
     for sub in ("figures", "posteriors"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(dump_toml(cfg))
-    (out / "environment.json").write_text(json.dumps(environment(seed), indent=2) + "\n")
+    write_text_atomic(out / "config.toml", dump_toml(cfg))
+    write_json_atomic(out / "environment.json", environment(seed))
 
     family = cfg["inference"]["method"]
     t0 = time.perf_counter()
@@ -229,7 +241,7 @@ def _finish(doc: dict, out: Path, cfg: dict, an: dict, runs: dict, results: list
         _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results)
     # JSON-able, with NaN/inf (e.g. gap closed when d(none, retrain) = 0) written as null
     doc = json.loads(json.dumps(doc, default=_json_default), parse_constant=lambda c: None)
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    write_json_atomic(out / "metrics.json", doc, default=None)
     from .report import write_csv, write_report
 
     write_csv(doc, out / "metrics.csv")
@@ -246,24 +258,38 @@ def _reference_ensemble(cfg: dict, post: Posterior, xf, yf, runs: dict, predicti
     seed, an = cfg["seed"], cfg["analysis"]
     K = an["references"]
     first_res, first_pred = runs["retrain"]
-    preds, times, seeds = [first_pred], [first_res.wall_time_s], [seed + 1]
+    preds, times, seeds, errors = [first_pred], [first_res.wall_time_s], [seed + 1], []
+
+    def another(k: int):  # a failing extra retrain is reported; the reference and the methods stand
+        try:
+            return unlearn(post, xf, yf, "retrain", seed=seed + k, progress=False, **opts.get("retrain", {}))
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"retrain seed {seed + k}: {type(e).__name__}: {e}")
+            return None
+
     for k in range(2, K + 1):
-        other = unlearn(post, xf, yf, "retrain", seed=seed + k, progress=False, **opts.get("retrain", {}))
-        preds.append(predictions(other.posterior))
-        times.append(other.wall_time_s)
-        seeds.append(seed + k)
+        other = another(k)
+        if other is not None:
+            preds.append(predictions(other.posterior))
+            times.append(other.wall_time_s)
+            seeds.append(seed + k)
     floor: dict = {}
-    if K >= 2:
+    if len(preds) >= 2:
         floor = leave_one_out_floor(preds, _distances)
-    elif an["noise_floor"]:
-        other = unlearn(post, xf, yf, "retrain", seed=seed + 2, progress=False, **opts.get("retrain", {}))
-        other_pred = predictions(other.posterior)
-        floor = {s: {k: [v] for k, v in _distances(other_pred[s], first_pred[s]).items()} for s in first_pred}
-        doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
-    doc["reference"] = {"kind": "ensemble" if K >= 2 else "single", "retrains": K, "seeds": seeds,
+    elif K == 1 and an["noise_floor"]:
+        other = another(2)
+        if other is not None:
+            other_pred = predictions(other.posterior)
+            floor = {s: {k: [v] for k, v in _distances(other_pred[s], first_pred[s]).items()} for s in first_pred}
+            doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
+    doc["reference"] = {"kind": "ensemble" if len(preds) >= 2 else "single", "retrains": len(preds), "seeds": seeds,
                         "retrain_times_s": times,
-                        "noise_floor": ("leave-one-out: each retrain against the mixture of the others" if K >= 2
-                                        else "one more retrain (seed + 2) against the reference" if floor else None)}
+                        "noise_floor": ("leave-one-out: each retrain against the mixture of the others"
+                                        if len(preds) >= 2 else "one more retrain (seed + 2) against the reference"
+                                        if floor else None)}
+    if errors:
+        doc["reference"]["error"] = ("fewer retrains than asked for (" + "; ".join(errors) + ")"
+                                     + ("" if floor else "; no noise floor"))
     return preds, floor
 
 

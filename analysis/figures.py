@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from .files import atomic_path  # noqa: E402
 
 __all__ = ["plot_predictive_bands", "plot_gap_closed", "plot_spectra", "plot_loss_curves", "save_figure"]
 
@@ -85,11 +86,12 @@ def _same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None
 
 
 def save_figure(fig, path) -> Path:
-    """Write a matplotlib figure as PNG (parent folders created) and close it."""
+    """Write a matplotlib figure as PNG (parent folders created, written atomically) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        with atomic_path(path) as tmp:  # a half-written PNG never replaces a good one
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     return path

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from .files import atomic_path, write_text_atomic
+
 __all__ = ["write_csv", "write_report"]
 
 _SPLITS = ("forget", "retain", "test")
@@ -25,7 +27,7 @@ def write_csv(doc: dict, path: str | Path) -> Path:
     (empty cell = not defined)."""
     path = Path(path)
     cols = _columns(doc)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "wall_time_s", "failed", "verdict", "verdict_time_s", *cols])
         for r in doc["results"]:
@@ -124,7 +126,7 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
     nf = doc.get("noise_floor") or {}
     ref = doc.get("reference") or {}
     if ref.get("error"):
-        L += ["", f"**Reference failed**: {ref['error']}."]
+        L += ["", f"**Reference {'incomplete' if ref.get('retrains') else 'failed'}**: {ref['error']}."]
     if nf and ref.get("kind") == "ensemble":
         L += ["", f"**Reference**: an ensemble of {ref['retrains']} retrains (seeds {ref['seeds']}); every distance "
               "and gap closed above is to the ensemble's predictive (the mixture of the retrained predictives, "
@@ -184,9 +186,7 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
           "configuration: `bayes-unlearn run --config config.toml` repeats the run), `environment.json`, "
           "`figures/*.png`, `posteriors/<method>.nc` (ArviZ InferenceData: `az.from_netcdf`) and "
           "`posteriors/<method>_summary.csv` (`az.summary` of each latent site).", ""]
-    path = Path(path)
-    path.write_text("\n".join(L))
-    return path
+    return write_text_atomic(path, "\n".join(L))
 
 
 def _scenario_sections(doc: dict) -> list[str]:

@@ -58,6 +58,7 @@ import numpy as np
 
 from .config import DEFAULT_CONFIG, QUICK_OVERRIDES, ConfigError, merge, read_toml, resolve
 from .stats import bootstrap_ci, finite_values
+from .files import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = ["SweepError", "Task", "Sweep", "load_sweep", "plan_sweep", "run_task", "run_sweep", "summarise",
            "ENGINES", "SWEEP_KEYS"]
@@ -170,13 +171,6 @@ def plan_sweep(spec: dict, *, quick: bool = False) -> Sweep:
 
 
 # -- one task -------------------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -203,7 +197,7 @@ def run_task(cfg: dict, folder: str | Path, engine: str = "serial") -> dict:
     except Exception as e:  # noqa: BLE001 -- a failing task is recorded, the sweep goes on
         record = {"status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
                   "traceback": traceback.format_exc(), "wall_time_s": time.perf_counter() - t0, "engine": engine}
-    _write_json_atomic(folder / "task.json", record)
+    write_json_atomic(folder / "task.json", record)
     return record
 
 
@@ -326,7 +320,7 @@ def _run_ray(todo: list[Task], out: Path, progress: bool, address: str | None, n
                         folder = out / task.folder
                         if _status(out, task) != "complete":
                             folder.mkdir(parents=True, exist_ok=True)
-                            _write_json_atomic(folder / "task.json", {
+                            write_json_atomic(folder / "task.json", {
                                 "status": "failed", "error": f"the Ray worker died: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                                 "traceback": str(e), "wall_time_s": None, "engine": "ray"})
@@ -361,7 +355,7 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, quick: bool = False
     if engine == "ray":
         _import_ray()  # fail before writing anything
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / "sweep.json", {"engine": engine, "quick": sweep.quick, "seeds": sweep.seeds,
+    write_json_atomic(out / "sweep.json", {"engine": engine, "quick": sweep.quick, "seeds": sweep.seeds,
                                             "scenarios": sweep.scenarios, "spec": sweep.spec})
     if todo:
         (_run_ray(todo, out, progress, address, num_cpus) if engine == "ray" else _run_serial(todo, out, progress))
@@ -450,14 +444,14 @@ def summarise(out: str | Path) -> dict:
     summary = {"engine": engine, "seeds": seeds, "scenarios": scenarios,
                "tasks": {"complete": complete, "failed": failed, "pending": pending},
                "bootstrap": {"statistic": "mean", **_BOOT}, "cells": cells}
-    _write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     _write_csv(summary, out / "summary.csv")
     figures = {}
     for s in scenarios:
         path = _plot_gap_seeds(out / "figures" / f"{s}_gap_closed.png", s, per[s])
         if path is not None:
             figures[s] = f"figures/{path.name}"
-    (out / "report.md").write_text(_report(summary, verdicts, figures))
+    write_text_atomic(out / "report.md", _report(summary, verdicts, figures))
     return summary
 
 
@@ -473,13 +467,11 @@ def _cell(scenario: str, method: str, metric: str, values: list) -> dict:
 
 def _write_csv(summary: dict, path: Path) -> None:
     cols = ["scenario", "method", "metric", "mean", "median", "ci_low", "ci_high", "n"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for c in summary["cells"]:
             w.writerow(["" if c[k] is None else c[k] for k in cols])
-    os.replace(tmp, path)
 
 
 def _fmt(c: dict | None, digits: int = 2) -> str:
