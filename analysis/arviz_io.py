@@ -47,7 +47,7 @@ import torch
 from inference.posterior import Posterior
 from inference.predict import Prediction
 
-__all__ = ["to_inference_data", "save_netcdf", "summary", "psis_khat"]
+__all__ = ["to_inference_data", "save_netcdf", "summary", "psis_khat", "linearised_loo"]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -177,3 +177,40 @@ def psis_khat(posterior: Posterior, x_forget: Any, y_forget: Any, num_samples: i
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     fs = locate_forget_set(posterior, x_forget, y_forget)
     return float(psis(posterior, fs, seed=seed, num_samples=int(num_samples))["diagnostics"]["pareto_k"])
+
+
+def linearised_loo(posterior: Posterior, *, num_samples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """PSIS-LOO (Vehtari, Gelman & Gabry, 2017) of the linearised ("GLM") predictive on the training data:
+    ``(elpd_loo, max Pareto k̂)``.
+
+    For a net, sampling θ from a whole-net Gaussian and running the net gives log-likelihoods far below
+    the predictive the metrics use (measured: elpd_loo −8,508 on the default BNN, NLL 0.43 per point). The
+    linearised model is the one ``predict(..., linearised=True)`` scores: for θ_s ~ q,
+
+        f_s(x_i) = m(x_i; μ) + J_i (θ_s − μ),   log p(y_i | θ_s) = log N(y_i | f_s(x_i), σ_i²(μ)),
+
+    with J_i = ∂m(x_i; θ)/∂θ at μ. Needs a Normal observation whose scale does not depend on θ
+    (``NotImplementedError`` otherwise).
+    """
+    from inference.curvature import per_example_jacobians
+
+    if posterior.model is None or posterior.x is None or posterior.y is None:
+        raise ValueError("the posterior carries no model and training data (x, y); LOO needs both")
+    bound = posterior.bound_model()
+    x, y = posterior.x.double(), posterior.y.double()
+    mu = posterior.loc.double()
+    J, Js, m, s = per_example_jacobians(bound, x, mu)
+    if Js is not None:
+        raise NotImplementedError("the observation's scale depends on θ: the linearised predictive keeps it fixed")
+    draws, chains, _ = _draws(posterior, int(num_samples), seed)
+    f = m.double() + (draws.double() - mu) @ J.T.double()          # [S, N]
+    ll = torch.distributions.Normal(f, s.double()).log_prob(y)       # [S, N]
+    per_chain = len(draws) // chains
+    idata = az.from_dict(posterior={"theta": _np(draws.double()).reshape(chains, per_chain, -1)},
+                         log_likelihood={"obs": _np(ll).reshape(chains, per_chain, -1)})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = az.loo(idata, pointwise=True)
+    return float(res.elpd_loo), float(np.max(res.pareto_k))

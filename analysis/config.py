@@ -247,11 +247,12 @@ def _check_option_values(name: str, opts: dict) -> None:
 
 
 def build_data(cfg: dict) -> RegressionData:
-    """The data set of the configuration (seeded by the top-level seed)."""
+    """The data set of the configuration (seeded by the top-level seed); one-feature data gets an evaluation
+    grid (``RegressionData.with_grid``) for the predictive figure."""
     d = dict(cfg["data"])
     name = d.pop("name")
     try:
-        return DATASETS[name](seed=cfg["seed"], **d)
+        return DATASETS[name](seed=cfg["seed"], **d).with_grid()
     except (ValueError, TypeError, OSError, ImportError) as e:  # ImportError: an optional extra is missing
         raise ConfigError(f"[data] {name}: {e}") from e
 

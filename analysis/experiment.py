@@ -15,7 +15,8 @@ has one). Per split, with p_m the method's and p_r the retrained moment-matched 
 plus ``region/predictive_std`` (mean predictive std on the grid inside a deleted region),
 weight-space Gaussian KL/W₂ where meaningful (``weight/*`` against ``retrain`` for the linear model;
 ``weight_warm/*`` against ``retrain-warm`` for nets, whose retrained mode need not match), and
-``retain/elpd_loo`` (ArviZ PSIS-LOO on D_r). The run also records the noise floor -- the same
+``retain/elpd_loo`` with ``retain/loo_khat_max`` (ArviZ PSIS-LOO on D_r, of the linearised predictive when
+the metrics use it, ``analysis.arviz_io.linearised_loo``). The run also records the noise floor -- the same
 distances between two retrainings with different seeds -- and the request's Pareto k̂ for
 importance weights 1/p(D_f|θ) on draws of q(θ|D) (Vehtari et al.), a reliability signal that needs
 no retraining. Every result also carries the method's own verdict ("ok" | "uncertain" | "failed",
@@ -238,7 +239,9 @@ def _finish(doc: dict, out: Path, cfg: dict, an: dict, runs: dict, results: list
     """Write the posteriors, metrics.json/csv, figures and report.md of a scored run."""
     scenario_metrics(doc)  # membership (every row) and, for a corrupted D_f, utility/* (analysis.scenarios)
     if an["netcdf"]:
-        _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results)
+        linear_loo = an["predictive"] == "linearised" and cfg["model"]["name"] != "linear"
+        doc["request"]["elpd_loo_from"] = "linearised predictive" if linear_loo else "posterior draws"
+        _write_posteriors(out / "posteriors", runs, an["posterior_draws"], seed, results, linear_loo)
     # JSON-able, with NaN/inf (e.g. gap closed when d(none, retrain) = 0) written as null
     doc = json.loads(json.dumps(doc, default=_json_default), parse_constant=lambda c: None)
     write_json_atomic(out / "metrics.json", doc, default=None)
@@ -338,7 +341,8 @@ def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_ti
             "fit_warnings": list(post.meta.get("warnings", []))}
 
 
-def _write_posteriors(folder: Path, runs: dict, draws: int, seed: int, results: list[dict]) -> None:
+def _write_posteriors(folder: Path, runs: dict, draws: int, seed: int, results: list[dict],
+                      linearised_loo: bool = False) -> None:
     from .arviz_io import save_netcdf, summary, to_inference_data
 
     rows = {r["method"]: r for r in results}
@@ -349,20 +353,29 @@ def _write_posteriors(folder: Path, runs: dict, draws: int, seed: int, results: 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 summary(idata).to_csv(folder / f"{name}_summary.csv")
-            loo = _loo(idata)
+            loo = _loo(res.posterior, idata, linearised_loo, draws, seed)
             if loo is not None:
-                rows[name]["metrics"]["retain/elpd_loo"] = loo
+                rows[name]["metrics"]["retain/elpd_loo"], rows[name]["metrics"]["retain/loo_khat_max"] = loo
         except Exception as e:  # noqa: BLE001 -- the metrics stand without the file
             rows[name]["warnings"].append(f"InferenceData not written: {type(e).__name__}: {e}")
 
 
-def _loo(idata) -> float | None:
+def _loo(post: Posterior, idata, linearised: bool, draws: int, seed: int) -> tuple[float, float] | None:
+    """(elpd_loo, max Pareto k̂) by PSIS-LOO: of the linearised predictive for a net scored through it
+    (``analysis.arviz_io.linearised_loo``; sampling a whole-net Gaussian through the net gives a
+    meaningless −10⁶), else of the posterior draws in ``idata``. None when it cannot be computed."""
     import arviz as az
+    import numpy as np
+
+    from .arviz_io import linearised_loo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return float(az.loo(idata).elpd_loo)
+            if linearised:
+                return linearised_loo(post, num_samples=draws, seed=seed)
+            res = az.loo(idata, pointwise=True)
+            return float(res.elpd_loo), float(np.max(res.pareto_k))
         except Exception:  # noqa: BLE001
             return None
 

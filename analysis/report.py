@@ -154,8 +154,12 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
         x = r["metrics"]
         L.append(f"| {r['method']} | " + " | ".join(_f(x.get(f"{s}/rmse")) for s in _SPLITS) + " | "
                  + " | ".join(_f(x.get(f"{s}/nll")) for s in _SPLITS)
-                 + f" | {_f(x.get('region/predictive_std'))} | {_f(x.get('retain/elpd_loo'), '.1f')} |"
+                 + f" | {_f(x.get('region/predictive_std'))} | {_f(x.get('retain/elpd_loo'), '.1f')}"
+                 + (" ⚠" if (x.get("retain/loo_khat_max") or 0) > 0.7 else "") + " |"
                  + (f" {_f(x.get('membership'))} |" if member else ""))
+    if any(r["metrics"].get("retain/elpd_loo") is not None for r in rows):
+        L += ["", f"**elpd_loo** is PSIS-LOO of the {doc['request'].get('elpd_loo_from', 'posterior draws')} on the "
+              "method's training data; ⚠ marks a max Pareto k̂ above 0.7 (some leave-one-out terms unreliable)."]
     if member:
         L += ["", "**Membership** = NLL on D_f − NLL on the test set (a loss-based membership signal): ≈ 0 when "
               "D_f looks like unseen data, negative while D_f is still remembered. For a region or corrupted D_f "

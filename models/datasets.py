@@ -47,7 +47,7 @@ import math
 import operator
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -486,6 +486,18 @@ class RegressionData:
     def n_test(self) -> int:
         """Number of test points ``M``."""
         return int(self.x_test.shape[0])
+
+    def with_grid(self, size: int = 200, pad: float = 0.1) -> "RegressionData":
+        """This data set with an evaluation grid, when it has one feature and no grid yet: ``size`` points
+        spanning the training and test inputs, widened by ``pad`` × their range on each side (so that a
+        CSV or real-data set of one feature gets the same predictive-band figure as synthetic data)."""
+        if self.x_grid is not None or self.dim != 1:
+            return self
+        xs = torch.cat([self.x[:, 0], self.x_test[:, 0]])
+        low, high = float(xs.min()), float(xs.max())
+        width = max(high - low, 1e-6)
+        grid = torch.linspace(low - pad * width, high + pad * width, int(size), dtype=self.x.dtype)
+        return replace(self, x_grid=grid[:, None])
 
 
 # --------------------------------------------------------------------------
