@@ -244,6 +244,10 @@ def _check_option_values(name: str, opts: dict) -> None:
         if not ok:
             raise ConfigError(f"methods.options.{name}.{key} must be {type(d).__name__} like its default {d!r}, "
                               f"got {value!r}")
+        try:  # a name from a fixed set (e.g. mean = "newton" | "keep"), a number in range
+            check_option_types({key: value})
+        except ValueError as e:
+            raise ConfigError(f"methods.options.{name}.{key}: {e}") from e
 
 
 def build_data(cfg: dict) -> RegressionData:

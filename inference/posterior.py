@@ -249,6 +249,12 @@ class Posterior:
             if self.y is not None:
                 tensors["y"] = self.y.contiguous()
         model_cfg = self.model.config() if hasattr(self.model, "config") else None
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"cannot save to {str(path)!r}: the folder {str(folder)!r} does not exist; "
+                                    "create it first")
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"cannot save to {str(path)!r}: it is a folder; give a file name")
         header = {"format": FILE_FORMAT, "structure": self.structure, "family": self.family,
                   "layout": self.layout.to_json(), "model": model_cfg, "meta": dict(self.meta),
                   "checksum": _checksum(tensors)}
@@ -262,6 +268,8 @@ class Posterior:
 
         from safetensors import safe_open
 
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{str(path)!r} is a folder, not a posterior file; give the file written by save")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

