@@ -335,7 +335,15 @@ def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_ti
                                 "all the weight), far beyond the 0.7 reliability threshold")
     except Exception as e:  # noqa: BLE001 -- reported as missing, the run goes on
         khat, note = None, f"PSIS failed: {type(e).__name__}: {e}"
-    return {"num_train": len(data.x), "num_forget": len(idx), "num_retain": len(data.x) - len(idx),
+    rep = post.meta.get("report") or {}
+    grads = {"map_grad_norm": rep.get("grad_norm_at_map"), "example_grad_norm_median": rep.get("example_grad_norm_median"),
+             "forget_grad_norm": None}
+    if grads["map_grad_norm"] is not None:  # a Laplace fit: its leftover gradient beside the request's
+        bound = post.bound_model()
+        theta = post.loc.detach().double().requires_grad_(True)
+        (g,) = torch.autograd.grad(bound.log_likelihood(theta, xf.double(), yf.double()).sum(), theta)
+        grads["forget_grad_norm"] = float(g.norm())
+    return {**grads, "num_train": len(data.x), "num_forget": len(idx), "num_retain": len(data.x) - len(idx),
             "num_params": int(post.loc.numel()), "family": post.family, "structure": post.structure,
             "fit_time_s": fit_time, "psis_khat": khat, "psis_note": note,
             "fit_warnings": list(post.meta.get("warnings", []))}

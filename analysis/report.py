@@ -71,17 +71,33 @@ def _khat_reading(k, note: str | None) -> str:
     if k is None:
         return note or "not available"
     if k < 0.5:
-        return f"{k:.2f}: reliable -- importance reweighting of q(θ|D) by 1/p(D_f|θ) can be trusted for this request"
+        return (f"{k:.2f}: the importance weights 1/p(D_f|θ) have a finite variance -- necessary, not sufficient: "
+                "psis/rkl results are trusted only with a small p/(2·ESS) as well (see their warnings and verdicts)")
     if k < 0.7:
         return f"{k:.2f}: usable but noisy -- the request moves the posterior noticeably"
     return (f"{k:.2f} (> 0.7): unreliable -- the retrained posterior lies far in the tail of q(θ|D); "
             "reweighting methods (psis, rkl) cannot be trusted here, and a large change is to be expected")
 
 
+def _map_reading(req: dict) -> str:
+    """The fit's leftover gradient beside the forget set's: a Laplace posterior built at a non-mode is visible."""
+    g, gf, per = req["map_grad_norm"], req.get("forget_grad_norm"), req.get("example_grad_norm_median")
+    text = f"‖∇ log p(θ*, D)‖ = {g:.3g}"
+    if gf:
+        text += f" against the forget set's ‖∇ log p(D_f | θ*)‖ = {gf:.3g} (ratio {g / gf:.2g})"
+    if per:
+        text += f"; median single point {per:.3g}"
+    if gf and g > 0.05 * gf:
+        return text + (" -- **θ\\* is not a mode at the scale of this request**: down-dates, Newton steps and "
+                       "verdicts that assume ∇ = 0 are off by as much (raise the fit's steps or use optimizer='lm')")
+    return text + " -- a mode at the scale of this request"
+
+
 def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = None) -> Path:
     """``report.md``: the request, tables against retraining, the noise floor, figures and warnings."""
     cfg, req, rows = doc["config"], doc["request"], doc["results"]
     retrain_time = next((r["wall_time_s"] for r in rows if r["method"] == "retrain"), None)
+    lm_time = next((r["wall_time_s"] for r in rows if r["method"] == "retrain-lm" and not r.get("error")), None)
     m, d, inf = cfg["model"], cfg["data"], cfg["inference"]
     L = ["# Unlearning report", "",
          f"Written by `bayes-unlearn run` (seed {cfg['seed']}). Every method removed the same forget set "
@@ -95,7 +111,10 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
          + f" ({req['num_params']} parameters, posterior structure `{req['structure']}`, "
          f"fitted in {req['fit_time_s']:.1f} s) |",
          f"| forget set | `{cfg['forget']['kind']}`: {req['num_forget']} points forgotten, {req['num_retain']} kept |",
-         f"| PSIS k̂ of the request | {_khat_reading(req['psis_khat'], req.get('psis_note'))} |", ""]
+         f"| PSIS k̂ of the request | {_khat_reading(req['psis_khat'], req.get('psis_note'))} |"]
+    if req.get("map_grad_norm") is not None:
+        L.append(f"| MAP gradient | {_map_reading(req)} |")
+    L.append("")
     if req.get("fit_warnings"):
         L += ["Fit warnings: " + "; ".join(req["fit_warnings"]), ""]
     L += ["## Against exact retraining", "",
@@ -106,21 +125,25 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
           + "**Gap closed** = 1 − d(method, retrain) / d(none, retrain), where `retrain` is the reference (the "
           "retrain ensemble when `analysis.references` > 1): 1 is as good as "
           "retraining, 0 is no better than doing nothing, negative is worse than doing nothing. "
-          "Speed-up = retraining time / method time. **Verdict** is each method's own check of its result, made "
+          "Speed-up = retraining time / method time" + (
+              "; *vs LM* = the time of `retrain-lm` (the same LM optimiser `lm-refit` uses, started cold) / method "
+              "time: the gain of the warm start alone" if lm_time else "") + ". **Verdict** is each method's own check of its result, made "
           "without retraining (`unlearning.verdict`: ok / uncertain / failed; see *Verdicts* below); "
           "for `auto` the method it returned is named in brackets.", "",
-          "| method | verdict | time (s) | speed-up | gap closed D_f | gap closed D_r | gap closed test | KL D_f | "
-          "KL D_r | KL test | W₂ test |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| method | verdict | time (s) | speed-up |" + (" vs LM |" if lm_time else "")
+          + " gap closed D_f | gap closed D_r | gap closed test | KL D_f | KL D_r | KL test | W₂ test |",
+          "|---|---|---:|---:|" + ("---:|" if lm_time else "") + "---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("error"):
-            L.append(f"| {r['method']} | {_verdict(r)} | failed | | | | | | | | |")
+            L.append(f"| {r['method']} | {_verdict(r)} | failed | |" + (" |" if lm_time else "") + " | | | | | | |")
             continue
         x, t = r["metrics"], r["wall_time_s"]
         speed = retrain_time / t if retrain_time and t else None
+        vs_lm = f" {_f(lm_time / t if t else None, '.1f')} |" if lm_time else ""
         flag = (" ⚠" if r.get("diverged") else "") + (" ≈" if r.get("indistinguishable") else "")
         chosen = _auto_chosen(r)
         via = f" (→ {chosen})" if chosen else ""
-        L.append(f"| {r['method']}{via}{flag} | {_verdict(r)} | {_f(t, '.2f')} | {_f(speed, '.1f')} | "
+        L.append(f"| {r['method']}{via}{flag} | {_verdict(r)} | {_f(t, '.2f')} | {_f(speed, '.1f')} |{vs_lm} "
                  + " | ".join(_f(x.get(f"{s}/gap_closed"), ".2f") for s in _SPLITS) + " | "
                  + " | ".join(_f(x.get(f"{s}/predictive_kl")) for s in _SPLITS) + f" | {_f(x.get('test/w2'))} |")
     nf = doc.get("noise_floor") or {}

@@ -59,8 +59,16 @@ def _kl(p, mean, std) -> float:
     return float(gaussian_kl_1d(p.mean.double(), p.std.double(), mean, std).mean())
 
 
+def machine_state() -> dict:
+    """Load averages and the number of runnable processes (this one included), from /proc/loadavg: the
+    benchmark machine is shared, so every timing is recorded with it."""
+    from benchmarks.lm_map import machine_state as _state
+
+    return _state()
+
+
 def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, methods: list[str], K: int,
-             method_options: dict) -> dict:
+             method_options: dict, fit_options: dict | None = None) -> dict:
     from inference import fit, predict
     from models import BayesianMLP
     from models.datasets import split, synthetic_1d
@@ -69,6 +77,8 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     data = synthetic_1d(n=n, seed=seed)
     model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
     opts = {"curvature": "ggn", "structure": structure} if family == "laplace" else {}
+    opts.update(fit_options or {})
+    state_before = machine_state()
     t0 = time.perf_counter()
     post = fit(model, data.x, data.y, method=family, seed=seed, progress=False, **opts)
     fit_time = time.perf_counter() - t0
@@ -84,19 +94,28 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     preds = lambda p: {s: predict(p, x, linearised=lin, num_samples=200, seed=seed) for s, x in xs.items()}  # noqa: E731
 
     results, posts = {}, {}
-    refs = []
+    refs, ref_grad_norms = [], []
     for k in range(K):
         r = unlearn(post, xf, yf, "retrain", seed=seed + 1000 * k)
         refs.append(preds(r.posterior))
+        ref_grad_norms.append(r.posterior.meta.get("report", {}).get("grad_norm_at_map"))
         if k == 0:
             results["retrain"] = r
     for name in methods:
         mname, _, tag = name.partition("@")
         o = dict(method_options.get(name, {}))
+        src = post
         if mname == "retrain-lm":
+            # a cold retrain with the LM optimiser: the original fit's Adam-only options cannot pass on to it
+            from inference.fit import _MAP_OPTS
+
+            adam_only = _MAP_OPTS - {"lbfgs_steps", "min_steps"}
+            info = dict(post.meta["fit"])
+            info["options"] = {k: v for k, v in info.get("options", {}).items() if k not in adam_only}
+            src = post.replace(meta={**post.meta, "fit": info})
             mname, o = "retrain", {**o, "optimizer": "lm"}
         try:
-            results[name] = unlearn(post, xf, yf, mname, seed=seed, **o)
+            results[name] = unlearn(src, xf, yf, mname, seed=seed, **o)
         except Exception as e:  # noqa: BLE001 -- recorded, the benchmark goes on
             results[name] = e
     ens = {s: _mixture([r[s] for r in refs]) for s in SPLITS}
@@ -124,6 +143,11 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
                                               / _kl(p_none[s], rp[s].mean.double(), rp[s].std.double()) for rp in refs]
         if "iterations" in r.diagnostics:
             row["iterations"] = r.diagnostics["iterations"]
+        rep = getattr(r.posterior, "meta", {}).get("report") or {}
+        if rep.get("grad_norm_at_map") is not None:  # a retrain's own MAP gradient (is its Laplace at a mode?)
+            row["map_grad_norm"] = rep["grad_norm_at_map"]
+        if "grad_norm" in r.diagnostics:
+            row["grad_norm"] = r.diagnostics["grad_norm"]
         rows.append(row)
     # noise floor: each retrain against the ensemble of the others
     loo = {s: [] for s in SPLITS}
@@ -135,7 +159,8 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
             loo[s].append(1.0 - _kl(refs[k][s], m, sd) / d0)
     rows.append({"method": "retrain-loo", **{f"{s}/gap_closed": sum(v) / len(v) for s, v in loo.items()}})
     return {"seed": seed, "fit_time_s": fit_time, "num_forget": len(idx), "d_none": d_none,
-            "fit_grad_norm": post.meta["report"].get("grad_norm_at_map"), "rows": rows}
+            "fit_grad_norm": post.meta["report"].get("grad_norm_at_map"), "reference_grad_norms": ref_grad_norms,
+            "machine_before": state_before, "machine_after": machine_state(), "rows": rows}
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -207,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--references", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=["none", "retrain-lm", "retrain-warm", "laplace-downdate",
                                                     "lm-refit", "auto"])
+    ap.add_argument("--fit-options", default="{}",
+                    help='JSON options for the original fit (and so for every retrain), e.g. \'{"optimizer": "lm"}\'')
     ap.add_argument("--out", help="where to write the JSON")
     ap.add_argument("--table", help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
@@ -221,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     for s in a.seeds:
         t0 = time.perf_counter()
         per_seed.append(run_seed(s, n=a.n, scenario=a.scenario, family=a.family, structure=a.structure,
-                                 methods=a.methods, K=a.references, method_options={}))
+                                 methods=a.methods, K=a.references, method_options={},
+                                 fit_options=json.loads(a.fit_options)))
         print(f"seed {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
         doc = {"config": vars(a), "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                                "threads": torch.get_num_threads(), "cpu": platform.processor()},

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-from models.datasets import as_regression_tensors
+from models.datasets import as_regression_tensors, check_seed
 
-from .laplace import find_map, find_map_lm, laplace_fields
+from .laplace import example_gradient_norms, find_map, find_map_lm, laplace_fields
 from .latent import BoundModel, check_feature_count
 from .nuts import run_nuts
 from .posterior import Posterior
@@ -34,25 +34,40 @@ METHODS = {
     "nuts": "NUTS reference draws (pyro.infer.MCMC), R-hat and ESS from ArviZ",
 }
 _SVI_OPTS = {"num_steps", "lr", "num_particles", "clip_norm", "window", "max_plateaus", "min_steps",
-             "init_scale", "rank", "elbo", "batch_size"}
+             "init_scale", "rank", "elbo", "batch_size", "factor_lr", "restarts"}
 _MAP_OPTS = {"num_steps", "lr", "lbfgs_steps", "window", "max_plateaus", "min_steps", "clip_norm", "elbo",
              "batch_size"}
 _LM_OPTS = {"lm_max_iters", "lm_gtol"}
+ADAM_ONLY_OPTIONS = _MAP_OPTS - {"lbfgs_steps", "min_steps"}  # the Adam + L-BFGS MAP search's, refused with "lm"
 _LAPLACE_OPTS = _MAP_OPTS | _LM_OPTS | {"optimizer", "curvature", "structure", "subset", "repair", "floor"}
 _NUTS_OPTS = {"num_samples", "warmup_steps", "num_chains", "target_accept_prob", "max_tree_depth"}
 MAP_GRAD_TOL = 1e-2  # gradient norm at θ* above which the Laplace fit warns that θ* is not a mode
 # options that must be numbers (int-only ones must also be integers), checked before any work
-_POSITIVE_NUMBERS = {"lr", "clip_norm", "init_scale", "lm_gtol", "floor", "target_accept_prob"}
+_POSITIVE_NUMBERS = {"lr", "clip_norm", "init_scale", "factor_lr", "lm_gtol", "floor", "target_accept_prob"}
 _POSITIVE_INTS = {"num_steps", "num_particles", "window", "max_plateaus", "rank", "batch_size", "lm_max_iters",
                   "num_samples", "num_chains", "max_tree_depth"}
-_NONNEGATIVE_INTS = {"lbfgs_steps", "min_steps", "warmup_steps"}
+_NONNEGATIVE_INTS = {"lbfgs_steps", "min_steps", "warmup_steps", "restarts"}
 ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SVI_OPTS,
                    "laplace": _LAPLACE_OPTS, "nuts": _NUTS_OPTS}
 
 
+# options that take one of a few names, checked before any work (``solver`` is the union over the methods that
+# take one: a typo is caught here, a name that exists but not for that method by the method itself)
+OPTION_CHOICES: dict[str, tuple] = {
+    "curvature": ("exact", "ggn"), "structure": ("full", "diag", "last-layer"), "repair": (None, "clip", "damp"),
+    "elbo": ("direct", "trace"), "optimizer": ("adam-lbfgs", "lm"), "mean": ("newton", "keep"),
+    "init": ("old", "lm"), "scope": ("global", "layer"), "solver": ("auto", "dense", "hvp", "dual", "primal", "cg"),
+}
+
+
 def check_option_types(options: dict) -> None:
-    """One-line ValueError naming an option whose value has the wrong type or sign (e.g. ``lr="fast"``)."""
+    """One-line ValueError naming an option whose value has the wrong type or sign (e.g. ``lr="fast"``), or
+    that is not one of its names (``OPTION_CHOICES``, e.g. ``mean="hold"``)."""
     for k, v in options.items():
+        if k in OPTION_CHOICES and not isinstance(v, Posterior):
+            if not (v is None or isinstance(v, str)) or v not in OPTION_CHOICES[k]:
+                names = ", ".join(repr(c) for c in OPTION_CHOICES[k])
+                raise ValueError(f"option {k} must be one of {names}, got {v!r}")
         if k in _POSITIVE_INTS | _NONNEGATIVE_INTS:
             low = 0 if k in _NONNEGATIVE_INTS else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -84,7 +99,8 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     init : warm start from an existing posterior of the same family (used by ``retrain-warm``);
         ignored by NUTS, with a warning in ``meta['warnings']``.
     **options : method options, e.g. ``num_steps``, ``lr``, ``elbo='direct'|'trace'``, ``batch_size``
-        (SVI and the MAP phase of Laplace; see inference.svi); ``curvature='exact'|'ggn'``,
+        (SVI and the MAP phase of Laplace; see inference.svi); ``factor_lr``, ``restarts``, ``init_scale``,
+        ``rank`` (SVI; defaults from ``inference.svi.family_defaults``); ``curvature='exact'|'ggn'``,
         ``structure='full'|'diag'|'last-layer'``, ``repair=None|'clip'|'damp'`` (Laplace);
         ``num_samples``, ``warmup_steps``, ``num_chains`` (NUTS). Unknown options raise.
 
@@ -99,6 +115,9 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
         raise ValueError(f"unknown option(s) {sorted(unknown)} for method {method!r}; "
                          f"allowed: {sorted(ALLOWED_OPTIONS[method])}")
     check_option_types(options)
+    seed = check_seed(seed)
+    if init is not None and not isinstance(init, Posterior):
+        raise TypeError(f"init must be a Posterior of the same family (or None), got {type(init).__name__}")
     x, y = as_regression_tensors(x, y)
     if y is None:
         raise ValueError("y is required to fit a posterior")
@@ -117,12 +136,19 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                            if getattr(init, k) is not None}
         fields, report = fit_svi_fields(bound, x, y, method, seed=seed, progress=progress,
                                         init_fields=init_fields, **options)
-        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "elbo", "batch_size")}
+        meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "elbo", "batch_size",
+                                                 "restarts", "defaults")}
         if "jit" in report:
             meta["report"]["jit"] = report["jit"]
         meta["losses"] = report["losses"]
-        if not report["converged"]:
-            meta["warnings"].append(f"SVI did not meet the convergence rule in {report['steps']} steps")
+        for r in report["restarts"]:
+            meta["warnings"].append(
+                f"SVI diverged at step {r['step']} ({r['what']} became {r['value']}); restarted from step "
+                f"{r['resumed_from']} with the step size halved to {r['lr']:.3g}")
+        if not report["converged"] and not report["stopped"]:
+            meta["warnings"].append(
+                f"SVI did not meet the convergence rule in {report['steps']} steps (it stopped at num_steps before "
+                "max_plateaus step-size halvings); raise num_steps")
         return Posterior(structure=STRUCTURE_OF[method], family=method, layout=bound.layout, model=model,
                          x=x, y=y, meta=meta, **fields)
 
@@ -132,7 +158,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
             raise ValueError(f"optimizer must be 'adam-lbfgs' or 'lm', got {optimizer!r}")
         curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
         if optimizer == "lm":
-            bad = set(options) & (_MAP_OPTS - {"lbfgs_steps", "min_steps"})
+            bad = set(options) & ADAM_ONLY_OPTIONS
             if bad:
                 raise ValueError(f"option(s) {sorted(bad)} belong to the Adam + L-BFGS MAP search, not to "
                                  "optimizer='lm' (which takes lm_max_iters, lm_gtol)")
@@ -148,14 +174,22 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                                      init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
         fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
         meta["report"] = {k: report.get(k) for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map", "elbo",
-                                                     "batch_size", "optimizer")}
+                                                     "batch_size", "optimizer", "lm")}
         meta["losses"] = report["losses"]
         meta["curvature"] = facts
+        try:  # the leftover gradient beside the size of one point's gradient (what a deletion moves)
+            per_point = float(example_gradient_norms(bound, x, y, theta).median())
+        except Exception:  # noqa: BLE001 -- a model the per-example gradients cannot batch: no scale
+            per_point = None
+        meta["report"]["example_grad_norm_median"] = per_point
         if report["grad_norm_at_map"] > MAP_GRAD_TOL:
+            scale = ("" if not per_point else f", {report['grad_norm_at_map'] / per_point:.3g}× the median "
+                     f"single point's gradient ({per_point:.3g}), i.e. as large as the change a deletion of that many "
+                     "points asks for")
             meta["warnings"].append(
-                f"the MAP search stopped at ‖∇ log p(θ, D)‖ = {report['grad_norm_at_map']:.3g} (> {MAP_GRAD_TOL}): "
-                "θ* is not a mode, so the Laplace approximation and Newton down-dates from it are off; raise "
-                "lbfgs_steps or num_steps")
+                f"the MAP search stopped at ‖∇ log p(θ, D)‖ = {report['grad_norm_at_map']:.3g} (> {MAP_GRAD_TOL}"
+                f"{scale}): θ* is not a mode, so the Laplace approximation and Newton down-dates from it are off; "
+                "raise lbfgs_steps or num_steps, or use optimizer='lm'")
         if facts.get("repair"):
             meta["warnings"].append(f"Laplace precision was repaired: {facts['repair']}")
         structure = "diag" if "scale" in fields else "precision"

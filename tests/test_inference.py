@@ -461,9 +461,9 @@ def test_bad_input_raises_value_error(x, y, method, options, match):
 
 def test_bad_laplace_options_and_prediction_inputs(blr_laplace):
     x, y = _xy()
-    with pytest.raises(ValueError, match="curvature must be 'exact' or 'ggn'"):
+    with pytest.raises(ValueError, match="option curvature must be one of 'exact', 'ggn', got 'fisher'"):
         fit(_BLR3, x, y, "laplace", progress=False, num_steps=10, curvature="fisher")
-    with pytest.raises(ValueError, match="repair must be None, 'clip' or 'damp'"):
+    with pytest.raises(ValueError, match="option repair must be one of None, 'clip', 'damp', got 'fix'"):
         fit(_BLR3, x, y, "laplace", progress=False, num_steps=10, repair="fix")
     with pytest.raises(ValueError, match=r"x contains NaN or inf at row 1"):
         predict(blr_laplace, _with(x, (1, 2), float("nan")))

@@ -139,9 +139,10 @@ def test_psis(blr, post):
     # Measured KL 0.0226 (Monte-Carlo error of 4000 self-normalised draws, ESS ≈ 930); 0.1 is
     # 4x that and still 4x below KL(none) = 0.396.
     assert kl_to(res.posterior, blr["exact"]) < 0.1
-    # Measured k̂ = 0.52: the reweighting is reliable for this request (k̂ < 0.7), hence no warning.
+    # Measured k̂ = 0.52 (< 0.7: not "failed"), but KL 0.0226 is above the README's 0.02 and ESS 930
+    # is small for 14 moments (p/(2 ESS) = 0.0075 > 0.006, benchmarks/conjugate_accuracy.py): warned.
     assert res.diagnostics["pareto_k"] < 0.7
-    assert res.warnings == ()
+    assert len(res.warnings) == 1 and "above 0.02" in res.warnings[0]
     assert 100 < res.diagnostics["ess"] <= 4000
 
 
@@ -153,7 +154,9 @@ def test_rkl(blr, post):
     assert res.diagnostics["ess"] > 500  # measured 1520
     # Default adjustment: the central 99% of q, λ = exp(-½ χ²_{4, 0.99}) = exp(-6.638).
     assert res.diagnostics["log_lambda"] == pytest.approx(-6.638, abs=1e-3)
-    assert res.warnings == ()
+    # k̂ of the unadjusted weights is 0.52 > 0.5: the calibrated rule warns (conservatively here: KL 0.0105).
+    assert res.diagnostics["pareto_k"] == pytest.approx(0.52, abs=0.01)
+    assert len(res.warnings) == 1 and "k̂ = 0.52" in res.warnings[0]
 
 
 @pytest.fixture(scope="module")

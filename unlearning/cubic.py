@@ -15,9 +15,16 @@ With H = V diag(λ) Vᵀ and ĝ = Vᵀg, ‖Δ(α)‖² = Σ ĝ_i² / (λ_i + α
 we take τ ≥ 0).
 
 Two solvers. Dense (:func:`cubic_step`): one ``eigh`` of H, O(d³), exact including the hard case.
-Matrix-free (:func:`cubic_step_hvp`): Hessian-vector products only -- a Lanczos estimate of λ_min,
-then a bisection over α in which each ‖Δ(α)‖ comes from conjugate gradients on (H + αI); the hard
-case is not resolved there (α stays just above −λ̂_min).
+Matrix-free (:func:`cubic_step_hvp`): Hessian-vector products only. The smallest Lanczos Ritz value
+λ̂ is an *upper* bound on λ_min (Cauchy interlacing), so α ≥ max(0, −λ̂) bounds the root from below
+but H + αI may still be indefinite there. Each ‖Δ(α)‖ comes from conjugate gradients on
+(H + αI)Δ = −g; the root is bracketed and found by regula falsi on 1/‖Δ(α)‖ − M/(2α). CG is the guard: a search
+direction with pᵀ(H + αI)p ≤ 0 proves α < −λ_min, the solve is discarded and the lower end of the
+bracket rises to −pᵀHp/pᵀp ≥ α (a Rayleigh quotient bounds λ_min from above); the step is always a
+CG solution that met no negative curvature. Since −g reaches only the eigen-directions g has
+components in, the final α is certified by one more CG solve with a random right-hand side (negative
+curvature there restarts the search above it). The hard case is not resolved on this path (α stays
+just above −λ_min, no v_min component).
 
 M (the Lipschitz constant of the Hessian) is estimated by :func:`estimate_hessian_lipschitz`:
 finite differences of Hessian-vector products along the unit gradient direction u = g/‖g‖,
@@ -39,7 +46,7 @@ from typing import Callable
 import torch
 
 __all__ = ["cubic_step", "cubic_step_hvp", "cubic_model", "estimate_hessian_lipschitz", "conjugate_gradient",
-           "lanczos_extreme"]
+           "lanczos_extreme", "lanczos_ritz"]
 
 
 def cubic_model(g: torch.Tensor, H, M: float, step: torch.Tensor) -> float:
@@ -152,18 +159,24 @@ def estimate_hessian_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], theta:
 # --------------------------------------------------------------------------------------------------
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float = 1e-10,
                        max_iter: int = 1000) -> tuple[torch.Tensor, dict]:
-    """Solve A x = b for a symmetric A given by ``matvec``; stops on ‖r‖ ≤ tol‖b‖ or negative curvature."""
+    """Solve A x = b for a symmetric A given by ``matvec``; stops on ‖r‖ ≤ tol‖b‖ or negative curvature.
+
+    ``facts``: cg_iterations, negative_curvature (a search direction p with pᵀAp ≤ 0 was met: A is
+    not positive definite, and x is the last iterate before it, not a solution), relative_residual,
+    converged (the residual test was met), and on negative curvature ``curvature_rayleigh`` =
+    pᵀAp / pᵀp, an upper bound on λ_min(A)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = float(r @ r)
     bnorm = float(b.norm())
-    it, neg = 0, False
+    it, neg, rayleigh = 0, False, None
     while it < max_iter and rr ** 0.5 > tol * bnorm:
         Ap = matvec(p)
         pAp = float(p @ Ap)
-        if pAp <= 0:
+        if not pAp > 0:
             neg = True
+            rayleigh = pAp / max(float(p @ p), 1e-300)
             break
         a = rr / pAp
         x = x + a * p
@@ -172,18 +185,30 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         p = r + (rr_new / rr) * p
         rr = rr_new
         it += 1
-    return x, {"cg_iterations": it, "negative_curvature": neg, "relative_residual": rr ** 0.5 / max(bnorm, 1e-300)}
+    res = rr ** 0.5 / max(bnorm, 1e-300)
+    facts = {"cg_iterations": it, "negative_curvature": neg, "relative_residual": res,
+             "converged": (not neg) and rr ** 0.5 <= tol * bnorm}
+    if neg:
+        facts["curvature_rayleigh"] = rayleigh
+    return x, facts
 
 
-def lanczos_extreme(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k: int = 60,
-                    seed: int = 0) -> tuple[float, float]:
-    """(λ_min, λ_max) estimates by k Lanczos steps with full re-orthogonalisation (Ritz values)."""
+def lanczos_ritz(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k: int = 60, seed: int = 0) -> dict:
+    """k Lanczos steps (full re-orthogonalisation) from a seeded random start: the extreme Ritz values
+    and their residuals.
+
+    With Lanczos basis Q_k, tridiagonal T_k = Q_kᵀ H Q_k and the next coefficient β_k, a Ritz pair
+    (θ, Q_k y) of T_k y = θ y has residual ‖H Q_k y − θ Q_k y‖ = β_k |e_kᵀ y| (``residual_min`` /
+    ``residual_max``). The smallest Ritz value is an *upper* bound on λ_min(H) (Cauchy interlacing),
+    and the residual only says that *some* eigenvalue lies within it of θ -- not that λ_min does.
+    Returns {lambda_min, lambda_max, residual_min, residual_max, steps}."""
     gen = torch.Generator().manual_seed(seed)
-    k = min(k, d)
+    k = max(1, min(int(k), d))
     Q = torch.zeros(d, k, dtype=torch.float64)
     q = torch.randn(d, generator=gen, dtype=torch.float64)
     q = q / q.norm()
     alphas, betas = [], []
+    beta_last = 0.0
     for j in range(k):
         Q[:, j] = q
         w = matvec(q)
@@ -193,6 +218,7 @@ def lanczos_extreme(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k
         alphas.append(a)
         b = float(w.norm())
         if j == k - 1 or b < 1e-12 * max(1.0, abs(a)):
+            beta_last = b if j == k - 1 and b >= 1e-12 * max(1.0, abs(a)) else 0.0
             break
         betas.append(b)
         q = w / b
@@ -200,49 +226,149 @@ def lanczos_extreme(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k
     if betas:
         off = torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64)
         T = T + torch.diag(off, 1) + torch.diag(off, -1)
-    ev = torch.linalg.eigvalsh(T)
-    return float(ev[0]), float(ev[-1])
+    ev, Y = torch.linalg.eigh(T)
+    return {"lambda_min": float(ev[0]), "lambda_max": float(ev[-1]), "residual_min": beta_last * float(Y[-1, 0].abs()),
+            "residual_max": beta_last * float(Y[-1, -1].abs()), "steps": len(alphas)}
+
+
+def lanczos_extreme(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k: int = 60,
+                    seed: int = 0) -> tuple[float, float]:
+    """(λ_min, λ_max) estimates: the extreme Ritz values of :func:`lanczos_ritz` (an upper bound on
+    λ_min and a lower bound on λ_max)."""
+    lz = lanczos_ritz(matvec, d, k=k, seed=seed)
+    return lz["lambda_min"], lz["lambda_max"]
 
 
 def cubic_step_hvp(g: torch.Tensor, hvp: Callable[[torch.Tensor], torch.Tensor], M: float, *,
-                   lanczos_steps: int = 60, cg_tol: float = 1e-10, max_search: int = 60, rtol: float = 1e-8,
-                   seed: int = 0, extremes: tuple[float, float] | None = None,
-                   alpha_min: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """The cubic step from Hessian-vector products: Lanczos for λ_min, then a bisection (in log α) on
-    ‖Δ(α)‖ = 2α/M with Δ(α) = −(H + αI)⁻¹g by CG. The hard case is not detected on this path
-    (α stays strictly above −λ̂_min, which keeps H + αI positive definite for CG).
+                   lanczos_steps: int = 60, cg_tol: float = 1e-10, max_cg: int = 1000, max_search: int = 200,
+                   rtol: float = 1e-8, seed: int = 0, extremes: dict | tuple[float, float] | None = None,
+                   alpha_min: float = 0.0, max_certify: int = 30) -> tuple[torch.Tensor, dict]:
+    """The cubic step from Hessian-vector products: Δ(α) = −(H + αI)⁻¹g by CG, with α the root of the
+    secular equation ‖Δ(α)‖ = 2α/M on the part of the axis where H + αI ≻ 0.
 
-    ``extremes``: (λ_min, λ_max) already estimated; ``alpha_min``: a known lower bound on α (the α of
-    a smaller M: α grows with M), which shortens the search. ``rtol``: relative width of the final
-    bracket on α."""
+    Search. The smallest Lanczos Ritz value λ̂ ≥ λ_min(H) gives the lower end α ≥ max(0, −λ̂,
+    ``alpha_min``) (the root lies above −λ_min ≥ −λ̂; α grows with M, so the α of a smaller M is a
+    lower bound too), but H + αI may still be indefinite there. CG is the guard: when it meets a
+    direction with pᵀ(H + αI)p ≤ 0, α < −λ_min is proven, no step is taken from that solve, and the
+    lower end rises to max(α, −pᵀHp/pᵀp) (a Rayleigh quotient bounds λ_min from above). The upper
+    end starts at lo + √(M‖g‖/2) and doubles until CG solves there without negative curvature and
+    ‖Δ‖ ≤ 2α/M. The bracket then shrinks by regula falsi (Illinois variant) on ψ(α) = 1/‖Δ(α)‖ −
+    M/(2α), increasing in α and zero at the root (bisection where ψ(lo) is unknown), until it is
+    ``rtol`` wide or ‖Δ(hi)‖ meets 2·hi/M to ``rtol``; the step is the last CG solution on the upper
+    side. A solve whose right-hand side is −g sees only the eigen-directions g touches, so the final
+    α is *certified* by one more CG solve of (H + αI)x = z with a random z (all directions, with
+    probability 1): negative curvature there raises the lower end (a Lanczos run of twice the steps
+    sharpens λ̂, plus a margin 10⁻⁸·max|λ̂| growing ×4 per round) and the search restarts, at most
+    ``max_certify`` times (``certified`` is False when that did not suffice). The hard case (g ⟂ the
+    λ_min eigenspace) is not resolved: α stays just above −λ_min and Δ has no component along v_min
+    (the model still decreases).
+
+    ``extremes``: a :func:`lanczos_ritz` dict (optionally with ``lambda_min_bound``, a known upper
+    bound on λ_min such as an earlier call's ``lambda_min``) or (λ_min, λ_max); ``alpha_min``: a
+    known lower bound on α; ``rtol``: relative width of the final bracket on α; ``max_cg``: CG
+    iterations per solve. ``facts``: alpha, lambda_min (the best upper bound on λ_min found: Ritz or
+    Rayleigh quotients), lambda_min_ritz, lanczos_residual, negative_curvature_solves, certified,
+    cg_iterations (all solves), cg_converged and cg_relative_residual (the accepted solve), step_norm,
+    hard_case (False)."""
     if not M > 0:
         raise ValueError(f"the cubic constant M must be positive, got {M!r}")
     d = len(g)
-    lam_min, lam_max = extremes if extremes is not None else lanczos_extreme(hvp, d, k=lanczos_steps, seed=seed)
-    scale = max(1.0, abs(lam_max), abs(lam_min))
-    # Ritz values over-estimate λ_min: keep a margin so that H + αI stays positive definite
-    alpha_low = max(0.0, -lam_min) + 1e-8 * scale
+    g = g.to(torch.float64)
+    if extremes is None:
+        extremes = lanczos_ritz(hvp, d, k=lanczos_steps, seed=seed)
+    if not isinstance(extremes, dict):
+        extremes = {"lambda_min": float(extremes[0]), "lambda_max": float(extremes[1]), "residual_min": None}
+    lam_ritz, lam_max = extremes["lambda_min"], extremes["lambda_max"]
+    scale = max(1.0, abs(lam_max), abs(lam_ritz))
+    lam_up = min(lam_ritz, extremes.get("lambda_min_bound", lam_ritz))   # the best upper bound on λ_min(H)
     gnorm = float(g.norm())
-    cg_its = 0
+    width = math.sqrt(M * gnorm / 2.0) + 1e-12 * scale
+    counts = {"cg": 0, "neg": 0}
+    gen = torch.Generator().manual_seed(seed + 1)
 
-    def solve(a: float) -> torch.Tensor:
-        nonlocal cg_its
-        x, info = conjugate_gradient(lambda v: hvp(v) + a * v, -g, tol=cg_tol)
-        cg_its += info["cg_iterations"]
-        return x
+    def solve(a: float, b: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x, info = conjugate_gradient(lambda v: hvp(v) + a * v, b, tol=cg_tol, max_iter=max_cg)
+        counts["cg"] += info["cg_iterations"]
+        return x, info
 
-    lo, hi = alpha_low, alpha_low + math.sqrt(M * gnorm / 2.0) + 1e-300
-    if lo < alpha_min < hi:
-        lo = alpha_min
-    step = solve(hi)
-    for _ in range(max_search):
-        mid = math.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
-        s = solve(mid)
-        if float(s.norm()) > 2.0 * mid / M:
-            lo = mid
+    def too_small(a: float, info: dict) -> float:
+        """α = a met negative curvature: the new lower end (−R(p) ≥ a, strictly above a)."""
+        nonlocal lam_up
+        counts["neg"] += 1
+        lam_up = min(lam_up, info["curvature_rayleigh"] - a)
+        return max(a, -lam_up) * (1.0 + 1e-12) + 1e-12 * scale
+
+    def psi(a: float, x: torch.Tensor) -> float:
+        """ψ(α) = 1/‖Δ(α)‖ − M/(2α): increasing in α, ≥ 0 exactly on the upper side of the root."""
+        return 1.0 / max(float(x.norm()), 1e-300) - M / (2.0 * a) if a > 0 else -math.inf
+
+    def search(lo: float) -> tuple[float, float, torch.Tensor, dict]:
+        """(lo, hi, Δ(hi), CG facts at hi): bracket above lo, then shrink the bracket; every returned Δ
+        is from a CG solve without negative curvature."""
+        hi = lo + width
+        f_lo = None                              # ψ(lo) where known (lo was solved without negative curvature)
+        for _ in range(max_search):             # bracket: ψ(hi) ≥ 0 with H + hi·I ≻ 0 (as far as CG sees)
+            x, info = solve(hi, -g)
+            if info["negative_curvature"]:
+                lo, f_lo = too_small(hi, info), None
+                hi = max(2.0 * hi, lo + width)
+            elif psi(hi, x) < 0:
+                lo, f_lo, hi = hi, psi(hi, x), 2.0 * hi
+            else:
+                step, step_info, f_hi = x, info, psi(hi, x)
+                break
         else:
-            hi, step = mid, s
-        if hi - lo <= rtol * hi:
+            raise RuntimeError(f"cubic_step_hvp: no upper bracket for α found in {max_search} doublings "
+                               f"(last α = {hi:.3g}); check that hvp is symmetric and finite")
+        side = 0
+        for _ in range(max_search):
+            # stop on a relative bracket rtol, or when ‖Δ(hi)‖ meets 2·hi/M to rtol (hi is then the root)
+            if hi - lo <= rtol * hi or 1.0 - M * float(step.norm()) / (2.0 * hi) <= rtol:
+                break
+            if f_lo is not None and math.isfinite(f_lo) and f_hi > f_lo:
+                mid = hi - f_hi * (hi - lo) / (f_hi - f_lo)       # regula falsi on ψ (Illinois variant)
+                if not lo < mid < hi:
+                    mid = 0.5 * (lo + hi)
+            else:
+                mid = math.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
+            x, info = solve(mid, -g)
+            if info["negative_curvature"]:
+                lo, f_lo = too_small(mid, info), None
+                if lo >= hi:   # the accepted upper end is not safe either: bracket again above the new lo
+                    return search(lo)
+                continue
+            f_mid = psi(mid, x)
+            if f_mid < 0:
+                lo, f_lo = mid, f_mid
+                if side == -1:
+                    f_hi *= 0.5                      # Illinois: the end kept twice has its value halved
+                side = -1
+            else:
+                hi, step, step_info, f_hi = mid, x, info, f_mid
+                if side == 1 and f_lo is not None:
+                    f_lo *= 0.5
+                side = 1
+        return lo, hi, step, step_info
+
+    lo = max(0.0, -lam_up, float(alpha_min))
+    certified, bump, k = False, 1e-8 * scale, int(extremes.get("steps") or lanczos_steps)
+    for rnd in range(max_certify + 1):
+        lo, alpha, step, step_info = search(lo)
+        z = torch.randn(d, generator=gen, dtype=torch.float64)
+        _, info = solve(alpha, z)
+        if not info["negative_curvature"]:
+            certified = True
             break
-    return step, {"alpha": hi, "lambda_min": lam_min, "lambda_max": lam_max, "hard_case": False,
-                  "step_norm": float(step.norm()), "cg_iterations": cg_its, "solver": "hvp"}
+        # H + αI is indefinite in a direction −g does not reach (the hard case or near it): a longer
+        # Lanczos run (twice the steps, a new start) sharpens the upper bound on λ_min
+        too_small(alpha, info)
+        k = min(d, 2 * k)
+        lam_up = min(lam_up, lanczos_ritz(hvp, d, k=k, seed=seed + 2 + rnd)["lambda_min"])
+        lo = max(alpha, -lam_up) + bump
+        bump *= 4.0
+    facts = {"alpha": alpha, "lambda_min": lam_up, "lambda_max": lam_max, "lambda_min_ritz": lam_ritz,
+             "lanczos_residual": extremes.get("residual_min"), "hard_case": False, "certified": certified,
+             "negative_curvature_solves": counts["neg"], "cg_converged": step_info["converged"],
+             "cg_relative_residual": step_info["relative_residual"], "step_norm": float(step.norm()),
+             "cg_iterations": counts["cg"], "solver": "hvp"}
+    return step, facts

@@ -5,7 +5,14 @@ H_f = -∇² log p(D_f | θ*) (exact Hessian, or its GGN -- matching how Λ was 
 
     Λ_r = Λ - H_f,        μ_r = θ* - Λ_r⁻¹ g_f     (one Newton step on log q(θ|D) - log p(D_f|θ))
 
-or μ_r = θ* (``mean="keep"``). For conjugate linear regression both lines are exact. Λ_r need not
+or μ_r = θ* (``mean="keep"``). For conjugate linear regression both lines are exact.
+
+Diagonal (mean-field) posteriors keep a diagonal: Λ_r = diag(Λ) − diag(H_f), and diag(H_f) is
+computed without the d × d matrix -- for the GGN, streamed from per-example Jacobians of D_f,
+diag(H_f) = Σ_{i∈D_f} (∇m_i)²/s_i² + 2(∇s_i)²/s_i² (:func:`inference.curvature.ggn_diagonal`); for
+the exact Hessian, (H_f)_jj = −e_jᵀ ∇²log p(D_f|θ*) e_j from Hessian-vector products with blocks of
+unit vectors (:func:`inference.curvature.hessian_diagonal`: exact, memory O(block · d), d products
+over D_f; pass ``curvature="ggn"`` for a net too large for d products). Λ_r need not
 be positive definite (exact Hessians of a non-convex net, diagonal structure, mismatched fits):
 its smallest eigenvalue and the count of non-positive ones are always reported, and it is repaired
 (eigenvalue clip or damping, ``repair=``) only on request -- otherwise the call raises.
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from inference.curvature import ggn, ggn_diagonal, hessian
+from inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
 from inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
 from inference.posterior import Posterior
 
@@ -51,8 +58,8 @@ def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, kind: s
     idx = old.active
     f = lambda t: bound.log_likelihood(t, x, y).sum()  # noqa: E731
     g = torch.func.grad(f)(theta)
-    if kind == "diag":
-        H = ggn_diagonal(bound, x, theta) if curvature == "ggn" else -torch.diagonal(hessian(f, theta))
+    if kind == "diag":   # never the d × d matrix: streamed GGN diagonal, or exact diagonal by blocked HVPs
+        H = ggn_diagonal(bound, x, theta) if curvature == "ggn" else -hessian_diagonal(f, theta)
     elif curvature == "ggn":
         H = ggn(bound, x, theta, idx)
     else:

@@ -18,6 +18,17 @@ without adjustment, Pareto-smoothed by ArviZ (``az.psislw``); the result is the 
 themselves (an "empirical" posterior) and carries the Pareto k̂ (reliable below 0.7) and the
 effective sample size 1 / Σ_s w_s². This needs no retraining: k̂ is a per-request reliability
 signal.
+
+Error predictors (calibrated against KL to exact retraining on conjugate BLR, benchmarks/
+conjugate_accuracy.py; seeds 0-1 chose the thresholds, seeds 2-4 on other shapes checked them):
+a Gaussian moment-matched to n independent draws is off by KL ≈ p/(2n), p the number of moments
+(d + d(d+1)/2 full, 2d diagonal), so with weighted draws ``ess_kl`` = p/(2 ESS) is the Monte-Carlo
+floor. Heavy-tailed weights and (rkl) the adjustment's truncation add to it; both grow with the
+Pareto k̂ of the *unadjusted* weights 1/p(D_f|θ) (for a Gaussian q and a quadratic log-likelihood
+k = λ_max(Λ⁻¹H_f), the share of the precision D_f supplied in the worst direction; k ≥ 1 is an
+improper target). Rule: warn (and the verdict is "uncertain") when ``ess_kl`` > 0.006 or k̂ > 0.5;
+k̂ > 0.7 is "failed". rkl reports the k̂ of the unadjusted weights (its own, adjusted, weights are
+bounded and always look tame).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from inference.posterior import Posterior
 
 from .base import ForgetSet, forget_bound, register
 from .objective import ForgetLikelihood
+from .verdict import VERDICT_RULES, ess_kl
 
 __all__ = ["importance_draws", "weighted_moments"]
 
@@ -67,6 +79,29 @@ def _ess(w: torch.Tensor) -> float:
     return float(1.0 / (w**2).sum())
 
 
+def _pareto_k(log_w: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(Pareto-smoothed log-weights, k̂) by ArviZ."""
+    import arviz as az
+
+    smoothed, khat = az.psislw(log_w.to(torch.float64).numpy().copy())
+    return torch.as_tensor(np.asarray(smoothed), dtype=torch.float64), float(np.asarray(khat))
+
+
+def reliability_warnings(khat: float, ess: float, dim: int, structure: str, num: int) -> list[str]:
+    """Warnings for the calibrated regimes (benchmarks/conjugate_accuracy.py): k̂ > 0.7 unreliable;
+    k̂ > 0.5 or p/(2 ESS) > ``VERDICT_RULES["ess_kl_uncertain"]``: KL to exact retraining likely above 0.02."""
+    out = []
+    mc = ess_kl(ess, dim, structure)
+    if not khat <= VERDICT_RULES["khat_fail"]:
+        out.append(f"Pareto k̂ = {khat:.2f} > {VERDICT_RULES['khat_fail']}: the importance-sampling estimate of "
+                   "p(θ|D_r) is unreliable for this request")
+    elif khat > VERDICT_RULES["khat_uncertain"] or mc > VERDICT_RULES["ess_kl_uncertain"]:
+        out.append(f"importance weights too uneven for this request (k̂ = {khat:.2f}, ESS {ess:.0f} of {num} draws, "
+                   f"Monte-Carlo KL ≈ p/(2 ESS) = {mc:.3g}): expect KL to exact retraining above 0.02; use more "
+                   "num_samples, or a re-fit (eubo, laplace-downdate, lm-refit)")
+    return out
+
+
 @register("rkl", "reverse KL: moment-match the importance-weighted draws of q(θ|D)/p_adj(D_f|θ) "
           "(Nguyen et al. 2020)")
 def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, num_samples: int = 4000,
@@ -74,15 +109,18 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
     if lam is None and quantile is None:
         quantile = 0.99
     forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
-    theta, _, log_w = importance_draws(old, forget, num_samples, seed)
+    theta, base, log_w = importance_draws(old, forget, num_samples, seed)
     w, mu, cov = weighted_moments(theta, log_w)
     dtype = old.loc.dtype
-    warnings = []
     ess = _ess(w)
-    if ess < 50:
-        warnings.append(f"importance weights degenerate: ESS {ess:.1f} of {len(w)} draws; the moment match is "
-                        "unreliable (increase num_samples, or use eubo-adjusted)")
+    # k̂ of the unadjusted weights 1/p(D_f|θ): how far into q's tail the target lies, where the
+    # adjustment truncates the weights (the adjusted weights are bounded and always look tame)
+    with torch.no_grad():
+        raw = base - (forget.per_point(theta).sum(-1).to(base.dtype) if forget.adjusted else 0.0)
+    _, khat = _pareto_k(raw if forget.adjusted else log_w)
     idx = old.active
+    dim = len(idx) if idx is not None else old.loc.numel()
+    warnings = reliability_warnings(khat, ess, dim, "diag" if old.structure == "diag" else "full", len(w))
     if idx is not None:
         cov_a, mu_a = cov[idx][:, idx], mu[idx]
     else:
@@ -107,26 +145,21 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
     post = Posterior(loc=loc, structure=structure, family=old.family, layout=old.layout, active=idx,
                      meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature")}, **fields)
     return {"posterior": post, "warnings": warnings,
-            "diagnostics": {"ess": ess, "num_samples": len(w), "log_lambda": forget.log_lam}}
+            "diagnostics": {"ess": ess, "num_samples": len(w), "log_lambda": forget.log_lam, "pareto_k": khat,
+                            "ess_kl": ess_kl(ess, dim, "diag" if old.structure == "diag" else "full")}}
 
 
 @register("psis", "Pareto-smoothed importance reweighting of draws of q(θ|D) by 1/p(D_f|θ); reports k̂ "
           "(ArviZ)")
 def psis(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False, num_samples: int = 4000) -> dict:
-    import arviz as az
-
     forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget)
     theta, _, log_w = importance_draws(old, forget, num_samples, seed)
-    smoothed, khat = az.psislw(log_w.to(torch.float64).numpy().copy())
-    log_w_s = torch.as_tensor(np.asarray(smoothed), dtype=torch.float64)
+    log_w_s, khat = _pareto_k(log_w)
     w = torch.softmax(log_w_s, 0)
-    khat = float(np.asarray(khat))
-    warnings = []
-    if khat > 0.7:
-        warnings.append(f"Pareto k̂ = {khat:.2f} > 0.7: the importance-sampling estimate of p(θ|D_r) is "
-                        "unreliable for this request")
+    dim = theta.shape[-1]
+    warnings = reliability_warnings(khat, _ess(w), dim, "full", len(w))
     post = Posterior(loc=(w @ theta.to(torch.float64)).to(theta.dtype), structure="empirical", samples=theta,
                      log_weights=log_w_s.to(theta.dtype), family=old.family, layout=old.layout,
                      meta={"fit": old.meta.get("fit")})
     return {"posterior": post, "warnings": warnings,
-            "diagnostics": {"pareto_k": khat, "ess": _ess(w), "num_samples": len(w)}}
+            "diagnostics": {"pareto_k": khat, "ess": _ess(w), "num_samples": len(w), "ess_kl": ess_kl(_ess(w), dim)}}

@@ -26,7 +26,9 @@ checked on other seeds and scenarios, see the README):
                carry arbitrary variance) or is not positive definite; Pareto k̂ > 0.7 or ESS < 10;
                r > ``fail_ratio`` (0.5: at most half of the change asked for was made); nothing was
                forgotten ("none")
-    uncertain  ``ok_ratio`` < r ≤ ``fail_ratio``; 0.5 < k̂ ≤ 0.7; an iterative method that stopped
+    uncertain  ``ok_ratio`` < r ≤ ``fail_ratio``; 0.5 < k̂ ≤ 0.7; importance weights whose ESS is small
+               for the moments they estimate, p/(2 ESS) > ``ess_kl_uncertain`` (0.006; ``ess_kl``;
+               calibrated on conjugate BLR, benchmarks/conjugate_accuracy.py); an iterative method that stopped
                before meeting its own convergence rule (``diagnostics["converged"] is False``); a
                retrain that did not converge
     ok         everything else (r ≤ ``ok_ratio`` = 0.02)
@@ -42,10 +44,20 @@ import torch
 from inference.latent import BoundModel
 from inference.posterior import Posterior
 
-__all__ = ["VERDICT_RULES", "compute_verdict", "retained_gradient"]
+__all__ = ["VERDICT_RULES", "compute_verdict", "retained_gradient", "ess_kl"]
 
+RETRAINS = ("retrain", "retrain-warm", "retrain-lm")  # the references: judged as fits, not as updates
 VERDICT_RULES = {"ok_ratio": 0.02, "fail_ratio": 0.5, "khat_uncertain": 0.5, "khat_fail": 0.7, "min_ess": 10.0,
-                 "exact_max": 20000, "batch_size": 4096, "num_draws": 64}
+                 "ess_kl_uncertain": 0.006, "exact_max": 20000, "batch_size": 4096, "num_draws": 64}
+
+
+def ess_kl(ess: float, dim: int, structure: str = "full") -> float:
+    """p / (2 ESS): the expected KL between a Gaussian moment-matched to ESS independent draws and the
+    Gaussian of the exact moments, p the number of moments matched (2d for "diag", d + d(d+1)/2
+    otherwise). The Monte-Carlo floor of importance reweighting (rkl, psis); heavy-tailed weights
+    (k̂ > 0.5) make the actual error larger."""
+    p = 2 * dim if structure == "diag" else dim + dim * (dim + 1) // 2
+    return p / (2.0 * max(ess, 1e-12))
 
 
 def _find_repairs(obj: Any) -> list:
@@ -136,7 +148,7 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
     if out.get("diverged"):
         reasons_fail.append("the method diverged")
     repairs = _find_repairs(diag) + _find_repairs(dict(new.meta).get("curvature") or {})
-    if method in ("retrain", "retrain-warm"):
+    if method in RETRAINS:
         repairs = [r for r in repairs if r not in _find_repairs(dict(old.meta).get("curvature") or {})]
     if repairs:
         reasons_fail.append(f"the covariance was repaired ({repairs[0]}): the repaired directions carry arbitrary "
@@ -156,6 +168,13 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
         numbers["ess"] = ess
         if ess < R["min_ess"]:
             reasons_fail.append(f"the importance weights degenerated (ESS {ess:.1f} < {R['min_ess']:g})")
+        else:
+            dim = len(new.active) if new.active is not None else new.loc.numel()
+            mc = ess_kl(ess, dim, new.structure)
+            numbers["ess_kl"] = mc
+            if mc > R["ess_kl_uncertain"]:
+                reasons_unc.append(f"ESS {ess:.0f} is too small for the {dim}-dim. moments: Monte-Carlo KL ≈ p/(2 ESS) = "
+                                   f"{mc:.3g} > {R['ess_kl_uncertain']}")
     # optimality of the new mean on D_r, relative to the change asked for
     ratio = None
     if method != "none" and torch.isfinite(new.loc).all() and old.model is not None:
@@ -199,7 +218,7 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
     if gains is not None:
         numbers["last_gain_ratio"] = gains
     meta_w = list(dict(new.meta).get("warnings", []) or [])
-    if method in ("retrain", "retrain-warm") and any("not a mode" in w or "convergence rule" in w for w in meta_w):
+    if method in RETRAINS and any("not a mode" in w or "convergence rule" in w for w in meta_w):
         reasons_unc.append("the retrain itself did not converge (see its warnings)")
     if reasons_fail:
         v = "failed"

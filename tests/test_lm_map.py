@@ -1,0 +1,136 @@
+"""Tests for the Laplace MAP search by Levenberg–Marquardt (``fit(..., "laplace", optimizer="lm")``,
+``inference.laplace.find_map_lm``) and the Gauss–Newton solvers it uses (``inference.gauss_newton``).
+
+Oracles: conjugate BLR (Gauss–Newton is Newton on a quadratic objective, so LM reaches the closed-form MAP
+in one or two iterations with either damping and every solver); on a small tanh BNN, the exact gradient
+of the log joint at the returned θ (a mode has ‖∇‖ ≈ 0). Already covered in tests/test_refit.py and not
+repeated here: LM with D = I on BLR, the dual/CG steps against the primal one, and ``retrain`` of a
+posterior fitted with ``optimizer="lm"`` re-running LM.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference import fit
+from inference.fit import MAP_GRAD_TOL
+from inference.gauss_newton import DUAL_MAX_ROWS, NegLogJoint, choose_solver, levenberg_marquardt
+from inference.latent import BoundModel
+from models.datasets import synthetic_1d
+from models.mlp import BayesianMLP
+
+
+def grad_norm(post) -> float:
+    bound = BoundModel(post.model, post.x, post.y)
+    return float(NegLogJoint(bound, post.x, post.y).grad(post.loc.double()).norm())
+
+
+@pytest.mark.parametrize("solver", ["dual", "primal", "cg"])
+def test_marquardt_lm_on_blr_reaches_the_closed_form_mode_in_two_iterations(blr_problem, solver):
+    b = blr_problem
+    bound = BoundModel(b["model"], b["X"], b["y"])
+    theta, rep = levenberg_marquardt(NegLogJoint(bound, b["X"], b["y"]), torch.zeros(bound.layout.dim), gtol=1e-8,
+                                     rtol=0.0, max_iters=20, tau=1e-9, damping="marquardt", solver=solver)
+    assert rep["solver"] == solver and rep["damping_kind"] == "marquardt"
+    assert rep["converged"] and rep["iterations"] <= 2
+    assert torch.allclose(theta, b["exact_full"].mean.double(), atol=1e-6)
+
+
+def test_inexact_cg_with_a_budget_still_reaches_the_blr_mode(blr_problem):
+    """The matrix-free path with a forcing term and a small inner budget: more outer iterations, same mode."""
+    b = blr_problem
+    bound = BoundModel(b["model"], b["X"], b["y"])
+    theta, rep = levenberg_marquardt(NegLogJoint(bound, b["X"], b["y"]), torch.zeros(bound.layout.dim), gtol=1e-8,
+                                     rtol=0.0, max_iters=50, solver="cg", damping="marquardt", cg_max_iter=2,
+                                     cg_forcing=True)
+    assert rep["converged"], rep["stop"]
+    assert max(rep["cg_iterations"]) <= 2 * 40 + 40  # at most cg_max_iter (+1 warm-start product) per solve
+    assert torch.allclose(theta, b["exact_full"].mean.double(), atol=1e-6)
+
+
+def test_auto_never_picks_the_dual_solver_above_its_row_limit():
+    assert choose_solver("auto", 100, 1153) == "dual"
+    for rows in (DUAL_MAX_ROWS + 1, 50_000, 500_000):
+        # even with more parameters than rows, the M x M dual system is not formed above the limit
+        assert choose_solver("auto", rows, 10 * rows) != "dual"
+        assert choose_solver("auto", rows, 1153) == "primal"
+        assert choose_solver("auto", rows, 1153, max_primal_rows=DUAL_MAX_ROWS) == "cg"
+
+
+def test_primal_and_cg_paths_never_hold_more_than_a_chunk_of_the_jacobian(blr_problem, monkeypatch):
+    b = blr_problem
+    bound = BoundModel(b["model"], b["X"], b["y"])
+    seen = []
+    orig = NegLogJoint.jacobian
+
+    def spy(self, theta, start=0, stop=None):
+        A = orig(self, theta, start, stop)
+        seen.append(A.shape[0])
+        return A
+    monkeypatch.setattr(NegLogJoint, "jacobian", spy)
+    for solver in ("primal", "cg"):
+        seen.clear()
+        problem = NegLogJoint(bound, b["X"], b["y"], chunk=16)
+        _, rep = levenberg_marquardt(problem, torch.zeros(bound.layout.dim), gtol=1e-8, rtol=0.0, max_iters=5,
+                                     solver=solver, damping="marquardt", tau=1e-9)
+        assert rep["converged"]
+        assert seen and max(seen) <= 16 < len(b["X"])
+
+
+@pytest.fixture(scope="module")
+def small_bnn():
+    data = synthetic_1d(n=60, seed=1)
+    model = BayesianMLP(1, (8,), "tanh", prior_scale="fan_in", noise=0.1)
+    return model, data.x, data.y
+
+
+def test_lm_and_lbfgs_paths_both_reach_a_mode_on_a_small_bnn(small_bnn):
+    model, x, y = small_bnn
+    lm = fit(model, x, y, "laplace", curvature="ggn", optimizer="lm", progress=False, seed=0)
+    ad = fit(model, x, y, "laplace", curvature="ggn", progress=False, seed=0, num_steps=300)
+    assert lm.meta["report"]["optimizer"] == "lm" and ad.meta["report"]["optimizer"] == "adam-lbfgs"
+    for post in (lm, ad):
+        g = grad_norm(post)
+        assert g < MAP_GRAD_TOL, g
+        assert abs(g - post.meta["report"]["grad_norm_at_map"]) < 1e-6
+        assert not any("not a mode" in w for w in post.meta["warnings"])
+    rep = lm.meta["report"]["lm"]
+    assert rep["damping"] == "marquardt" and rep["iterations"] >= 1
+
+
+def test_the_gradient_norm_warning_fires_at_a_non_mode(small_bnn):
+    model, x, y = small_bnn
+    post = fit(model, x, y, "laplace", curvature="ggn", progress=False, seed=0, num_steps=10, lbfgs_steps=0)
+    g = grad_norm(post)
+    assert g > MAP_GRAD_TOL
+    assert any("not a mode" in w for w in post.meta["warnings"])
+
+
+def test_ggn_lbfgs_is_one_newton_step_on_blr(blr_problem):
+    """On a quadratic objective the inverse GGN is the inverse Hessian: the first (unit) step lands on the mode
+    (a second one only mops up rounding at gtol = 1e-8)."""
+    from inference.gauss_newton import ggn_lbfgs
+
+    b = blr_problem
+    bound = BoundModel(b["model"], b["X"], b["y"])
+    theta, rep = ggn_lbfgs(NegLogJoint(bound, b["X"], b["y"]), torch.zeros(bound.layout.dim), gtol=1e-8, mu=1e-12)
+    assert rep["converged"] and rep["iterations"] <= 2
+    assert torch.allclose(theta, b["exact_full"].mean.double(), atol=1e-6)
+
+
+def test_ggn_lbfgs_finishes_the_gauss_newton_tail_on_a_small_bnn(small_bnn):
+    """Where LM's convergence is linear (the residual curvature it ignores), the same number of GGN-preconditioned
+    L-BFGS iterations from the same point gets (much) closer to the mode."""
+    from inference.gauss_newton import ggn_lbfgs
+    from inference.laplace import prior_draw
+
+    model, x, y = small_bnn
+    bound = BoundModel(model, x, y)
+    problem = NegLogJoint(bound, x, y)
+    theta, _ = levenberg_marquardt(problem, prior_draw(bound, x, 0), max_iters=50, rtol=0.0, gtol=1e-6,
+                                   damping="marquardt")
+    _, qn = ggn_lbfgs(problem, theta, max_iters=200, gtol=1e-3)
+    _, lm = levenberg_marquardt(problem, theta, max_iters=qn["iterations"], rtol=0.0, gtol=1e-3, damping="marquardt")
+    assert qn["converged"], qn["grad_norm"]
+    assert lm["grad_norm"] > 3 * qn["grad_norm"]
