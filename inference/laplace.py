@@ -139,18 +139,12 @@ def find_map_lm(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: in
             theta, gnorm = cand, qn["grad_norm"]
             losses.append(qn["loss"])
     done = 0
-    current = theta
-    while lbfgs_steps > done and gnorm > gtol:
-        # last resort, plain float64 L-BFGS in rounds that continue from where the last one stopped
-        # (L-BFGS's gradient norm is not monotone); the iterate with the smallest gradient is kept
-        k = min(lbfgs_round, lbfgs_steps - done)
-        current = lbfgs_maximise(lambda t: bound.log_joint(t, problem.x, problem.y), current, k)
-        done += k
-        if not torch.isfinite(current).all():
-            break
-        g = float(problem.grad(current).norm())
-        if g < gnorm:
-            theta, gnorm = current, g
+    if lbfgs_steps > 0 and gnorm > gtol:  # last resort, plain float64 L-BFGS in rounds
+        before = gnorm
+        theta, gnorm, done = lbfgs_rounds(lambda t: bound.log_joint(t, problem.x, problem.y),
+                                          lambda t: float(problem.grad(t).norm()), theta, lbfgs_steps,
+                                          round_steps=lbfgs_round, gtol=gtol, g0=gnorm)
+        if gnorm < before:
             losses.append(problem.value(theta))
     report = {"steps": its + qn["iterations"] + done, "converged": gnorm <= gtol, "grad_norm_at_map": gnorm,
               "losses": losses, "elbo": None, "batch_size": None, "optimizer": "lm",
@@ -159,6 +153,29 @@ def find_map_lm(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: in
                      "ggn_lbfgs_stop": qn["stop"], "lbfgs_iterations": done},
               "wall_time_s": time.perf_counter() - t0}
     return theta, report
+
+
+def lbfgs_rounds(objective, grad_norm, theta: torch.Tensor, max_steps: int, *, round_steps: int = 50,
+                 gtol: float = 0.0, g0: float | None = None,
+                 time_budget_s: float | None = None) -> tuple[torch.Tensor, float, int]:
+    """argmax of ``objective`` by float64 L-BFGS in rounds of ``round_steps`` iterations, each continuing
+    from where the last stopped, until ``grad_norm`` ≤ ``gtol``, ``max_steps`` or the time budget. L-BFGS's
+    gradient norm is not monotone, so the iterate with the smallest one is kept: (θ, ‖∇‖, iterations)."""
+    t0 = time.perf_counter()
+    best, best_g = theta, (grad_norm(theta) if g0 is None else g0)
+    current, done = theta, 0
+    while done < max_steps and best_g > gtol:
+        k = min(round_steps, max_steps - done)
+        current = lbfgs_maximise(objective, current, k)
+        done += k
+        if not torch.isfinite(current).all():
+            break
+        g = grad_norm(current)
+        if g < best_g:
+            best, best_g = current, g
+        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+            break
+    return best, best_g, done
 
 
 def lbfgs_maximise(objective, theta: torch.Tensor, max_iter: int = 200) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 
 from inference.fit import ALLOWED_OPTIONS, fit
 from inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
-from inference.laplace import laplace_fields, lbfgs_maximise
+from inference.laplace import laplace_fields, lbfgs_rounds
 from inference.latent import BoundModel
 from inference.posterior import Posterior
 from inference.svi import GUIDES, STRUCTURE_OF
@@ -90,20 +90,9 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
     ignores the residual curvature, so near a mode of a net its convergence can be slow and linear),
     in rounds of 50 iterations until ‖∇L_r‖ reaches the target, ``steps`` or the time budget."""
     problem = NegLogJoint(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain, fs.y_retain)
-    t0 = time.perf_counter()
-    done = 0
-    best, best_g = theta, rep["grad_norm"]
-    while done < steps:
-        n = min(50, steps - done)
-        theta = lbfgs_maximise(lambda t: -problem._loss(t), theta, n)
-        done += n
-        if not torch.isfinite(theta).all():
-            break
-        g = float(problem.grad(theta).norm())
-        if g < best_g:
-            best, best_g = theta, g
-        if g <= rep["grad_target"] or (budget_s is not None and time.perf_counter() - t0 > budget_s):
-            break
+    best, best_g, done = lbfgs_rounds(lambda t: -problem._loss(t), lambda t: float(problem.grad(t).norm()), theta,
+                                      steps, round_steps=50, gtol=rep["grad_target"], g0=rep["grad_norm"],
+                                      time_budget_s=budget_s)
     rep = {**rep, "lbfgs_iterations": done, "grad_norm": best_g, "converged": best_g <= rep["grad_target"]}
     if rep["converged"]:
         rep["stop"] = "converged (L-BFGS handover)"
