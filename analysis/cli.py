@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["pitfalls"]:  # its own argument parser (and --help)
         from .pitfalls import main as pitfalls_main
 
-        return pitfalls_main(argv[1:])
+        return _guarded(lambda a: pitfalls_main(argv[1:]), argparse.Namespace(), "pitfalls")
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
