@@ -47,7 +47,7 @@ import torch
 from inference.posterior import Posterior
 from inference.predict import Prediction
 
-__all__ = ["to_inference_data", "save_netcdf", "summary", "psis_khat", "linearised_loo"]
+__all__ = ["to_inference_data", "save_netcdf", "summary", "psis_khat", "linearised_loo", "loo_numbers"]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -208,6 +208,12 @@ def linearised_loo(posterior: Posterior, *, num_samples: int = 500, seed: int = 
     per_chain = len(draws) // chains
     idata = az.from_dict(posterior={"theta": _np(draws.double()).reshape(chains, per_chain, -1)},
                          log_likelihood={"obs": _np(ll).reshape(chains, per_chain, -1)})
+    return loo_numbers(idata)
+
+
+def loo_numbers(idata: az.InferenceData) -> tuple[float, float]:
+    """``(elpd_loo, max Pareto k̂)`` of ``az.loo`` on ``idata``'s log_likelihood group (its k̂ warning is
+    silenced: the max k̂ is returned for the caller to flag)."""
     import warnings
 
     with warnings.catch_warnings():

@@ -227,23 +227,18 @@ def _check_option_values(name: str, opts: dict) -> None:
 
     params = inspect.signature(REGISTRY[name][0]).parameters
     for key, value in opts.items():
-        p = params.get(key)
-        if p is None:  # forwarded to an optimiser: the numeric option names of fit() mean the same there
-            try:
-                check_option_types({key: value})
-            except ValueError as e:
-                raise ConfigError(f"methods.options.{name}.{key}: {e}") from e
-            continue
-        if p.default is inspect.Parameter.empty or p.default is None:
-            continue
-        d = p.default
-        ok = (isinstance(value, bool) if isinstance(d, bool) else
-              isinstance(value, int) and not isinstance(value, bool) if isinstance(d, int) else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(d, float) else
-              isinstance(value, str) if isinstance(d, str) else True)
-        if not ok:
-            raise ConfigError(f"methods.options.{name}.{key} must be {type(d).__name__} like its default {d!r}, "
-                              f"got {value!r}")
+        p = params.get(key)  # None: forwarded to an optimiser, where fit()'s option names mean the same
+        if p is not None:
+            d = p.default
+            if d is inspect.Parameter.empty or d is None:
+                continue
+            ok = (isinstance(value, bool) if isinstance(d, bool) else
+                  isinstance(value, int) and not isinstance(value, bool) if isinstance(d, int) else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(d, float) else
+                  isinstance(value, str) if isinstance(d, str) else True)
+            if not ok:
+                raise ConfigError(f"methods.options.{name}.{key} must be {type(d).__name__} like its default "
+                                  f"{d!r}, got {value!r}")
         try:  # a name from a fixed set (e.g. mean = "newton" | "keep"), a number in range
             check_option_types({key: value})
         except ValueError as e:

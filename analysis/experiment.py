@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inference import fit, predict
+from inference.laplace import median_example_gradient_norm
 from inference.posterior import Posterior
 from inference.predict import Prediction
 from models.datasets import split
@@ -336,10 +337,11 @@ def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_ti
     except Exception as e:  # noqa: BLE001 -- reported as missing, the run goes on
         khat, note = None, f"PSIS failed: {type(e).__name__}: {e}"
     rep = post.meta.get("report") or {}
-    grads = {"map_grad_norm": rep.get("grad_norm_at_map"), "example_grad_norm_median": rep.get("example_grad_norm_median"),
-             "forget_grad_norm": None}
+    grads = {"map_grad_norm": rep.get("grad_norm_at_map"), "example_grad_norm_median": None, "forget_grad_norm": None}
     if grads["map_grad_norm"] is not None:  # a Laplace fit: its leftover gradient beside the request's
         bound = post.bound_model()
+        grads["example_grad_norm_median"] = rep.get("example_grad_norm_median") or median_example_gradient_norm(
+            bound, post.x, post.y, post.loc)
         theta = post.loc.detach().double().requires_grad_(True)
         (g,) = torch.autograd.grad(bound.log_likelihood(theta, xf.double(), yf.double()).sum(), theta)
         grads["forget_grad_norm"] = float(g.norm())
@@ -372,20 +374,12 @@ def _loo(post: Posterior, idata, linearised: bool, draws: int, seed: int) -> tup
     """(elpd_loo, max Pareto k̂) by PSIS-LOO: of the linearised predictive for a net scored through it
     (``analysis.arviz_io.linearised_loo``; sampling a whole-net Gaussian through the net gives a
     meaningless −10⁶), else of the posterior draws in ``idata``. None when it cannot be computed."""
-    import arviz as az
-    import numpy as np
+    from .arviz_io import linearised_loo, loo_numbers
 
-    from .arviz_io import linearised_loo
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if linearised:
-                return linearised_loo(post, num_samples=draws, seed=seed)
-            res = az.loo(idata, pointwise=True)
-            return float(res.elpd_loo), float(np.max(res.pareto_k))
-        except Exception:  # noqa: BLE001
-            return None
+    try:
+        return linearised_loo(post, num_samples=draws, seed=seed) if linearised else loo_numbers(idata)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _figures(folder: Path, cfg: dict, data, post: Posterior, runs: dict, doc: dict, xr, yr, xf, yf) -> dict:

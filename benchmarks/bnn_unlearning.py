@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.lm_map import machine_state  # load and runnable processes: timings on a shared machine
+
 SPLITS = ("forget", "retain", "test")
 
 
@@ -57,14 +59,6 @@ def _kl(p, mean, std) -> float:
     from analysis.metrics import gaussian_kl_1d
 
     return float(gaussian_kl_1d(p.mean.double(), p.std.double(), mean, std).mean())
-
-
-def machine_state() -> dict:
-    """Load averages and the number of runnable processes (this one included), from /proc/loadavg: the
-    benchmark machine is shared, so every timing is recorded with it."""
-    from benchmarks.lm_map import machine_state as _state
-
-    return _state()
 
 
 def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, methods: list[str], K: int,
@@ -104,18 +98,8 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     for name in methods:
         mname, _, tag = name.partition("@")
         o = dict(method_options.get(name, {}))
-        src = post
-        if mname == "retrain-lm":
-            # a cold retrain with the LM optimiser: the original fit's Adam-only options cannot pass on to it
-            from inference.fit import _MAP_OPTS
-
-            adam_only = _MAP_OPTS - {"lbfgs_steps", "min_steps"}
-            info = dict(post.meta["fit"])
-            info["options"] = {k: v for k, v in info.get("options", {}).items() if k not in adam_only}
-            src = post.replace(meta={**post.meta, "fit": info})
-            mname, o = "retrain", {**o, "optimizer": "lm"}
-        try:
-            results[name] = unlearn(src, xf, yf, mname, seed=seed, **o)
+        try:  # "retrain-lm": the registered cold LM retrain (the original fit's Adam-only options dropped)
+            results[name] = unlearn(post, xf, yf, mname, seed=seed, **o)
         except Exception as e:  # noqa: BLE001 -- recorded, the benchmark goes on
             results[name] = e
     ens = {s: _mixture([r[s] for r in refs]) for s in SPLITS}

@@ -18,7 +18,7 @@ import torch
 
 from models.datasets import as_regression_tensors, check_seed
 
-from .laplace import example_gradient_norms, find_map, find_map_lm, laplace_fields
+from .laplace import find_map, find_map_lm, laplace_fields, median_example_gradient_norm
 from .latent import BoundModel, check_feature_count
 from .nuts import run_nuts
 from .posterior import Posterior
@@ -153,9 +153,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                          x=x, y=y, meta=meta, **fields)
 
     if method == "laplace":
-        optimizer = options.get("optimizer", "adam-lbfgs")
-        if optimizer not in ("adam-lbfgs", "lm"):
-            raise ValueError(f"optimizer must be 'adam-lbfgs' or 'lm', got {optimizer!r}")
+        optimizer = options.get("optimizer", "adam-lbfgs")  # a name from OPTION_CHOICES, checked above
         curv_opts = {k: v for k, v in options.items() if k in {"curvature", "structure", "subset", "repair", "floor"}}
         if optimizer == "lm":
             bad = set(options) & ADAM_ONLY_OPTIONS
@@ -177,12 +175,9 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                                                      "batch_size", "optimizer", "lm")}
         meta["losses"] = report["losses"]
         meta["curvature"] = facts
-        try:  # the leftover gradient beside the size of one point's gradient (what a deletion moves)
-            per_point = float(example_gradient_norms(bound, x, y, theta).median())
-        except Exception:  # noqa: BLE001 -- a model the per-example gradients cannot batch: no scale
-            per_point = None
-        meta["report"]["example_grad_norm_median"] = per_point
         if report["grad_norm_at_map"] > MAP_GRAD_TOL:
+            # the leftover gradient beside the size of one point's gradient (what a deletion moves)
+            per_point = meta["report"]["example_grad_norm_median"] = median_example_gradient_norm(bound, x, y, theta)
             scale = ("" if not per_point else f", {report['grad_norm_at_map'] / per_point:.3g}× the median "
                      f"single point's gradient ({per_point:.3g}), i.e. as large as the change a deletion of that many "
                      "points asks for")

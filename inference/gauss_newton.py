@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .curvature import _obs_params, prior_curvature_diagonal, scale_depends_on_theta, whitened_jacobian
+from .curvature import _obs_params, ggn_diagonal, prior_curvature_diagonal, scale_depends_on_theta, whitened_jacobian
 from .latent import BoundModel
 
 __all__ = ["NegLogJoint", "levenberg_marquardt", "ggn_lbfgs", "choose_solver", "LM_DEFAULTS", "DAMPINGS"]
@@ -119,11 +119,8 @@ class NegLogJoint:
         return 0.5 * (G + G.T)
 
     def ggn_diagonal(self, theta: torch.Tensor) -> torch.Tensor:
-        """diag Σ_chunks AᵀA, [d], from the per-example Jacobians of one chunk at a time."""
-        out = torch.zeros_like(theta)
-        for a in range(0, len(self.x), self.chunk):
-            out += self.jacobian(theta, a, a + self.chunk).pow(2).sum(0)
-        return out
+        """diag AᵀA, [d], streamed chunk by chunk (:func:`inference.curvature.ggn_diagonal`)."""
+        return ggn_diagonal(self.bound, self.x, theta, chunk=self.chunk).to(theta.dtype)
 
     def ggn_vp(self, theta: torch.Tensor):
         """v ↦ G(θ) v by a forward-mode and a reverse-mode product per chunk of ``gvp_chunk`` points (no

@@ -286,25 +286,39 @@ def laplace_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: t
     return fields, facts
 
 
-def example_gradient_norms(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def example_gradient_norms(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor,
+                           chunk: int = 1024) -> torch.Tensor:
     """‖∇_θ log p(y_i | x_i, θ)‖ per training point [N], the scale against which a MAP's leftover gradient is
     judged: forgetting k points moves the gradient by about k × the typical norm (aligned points) or √k × it
     (random ones), so a MAP with ‖∇ log p(θ, D)‖ of that size is as far from a mode as the deletion itself.
 
-    For a Normal observation with θ-free scale, ∇ℓ_i = (y_i − m_i) / s_i² ∇m_i from the streamed per-example
-    Jacobians (O(N d) time, O(chunk · d) memory per pass); otherwise per-example gradients by ``vmap(grad)``."""
+    For a Normal observation with θ-free scale, ∇ℓ_i = (y_i − m_i) / s_i² ∇m_i from per-example Jacobians;
+    otherwise per-example gradients by ``vmap(grad)``. Either way ``chunk`` points at a time: O(N d) time,
+    O(chunk · d) memory."""
     from .curvature import per_example_jacobians
 
-    theta = theta.detach().double()
-    try:
-        J, Js, m, s = per_example_jacobians(bound, x, theta)
-        if Js is None:
-            return ((y.double() - m) / s**2).abs() * J.norm(dim=1)
-    except NotImplementedError:
-        pass
+    theta, x, y = theta.detach().double(), x.double(), y.double()
 
     def one(t: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return bound.log_likelihood(t, xi[None], yi[None]).sum()
 
-    g = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0), chunk_size=1024)(theta, x.double(), y.double())
-    return g.norm(dim=1)
+    def norms(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        try:
+            J, Js, m, s = per_example_jacobians(bound, xs, theta)
+            if Js is None:
+                return ((ys - m) / s**2).abs() * J.norm(dim=1)
+        except NotImplementedError:  # not a Normal observation
+            pass
+        return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(theta, xs, ys).norm(dim=1)
+
+    return torch.cat([norms(x[a:a + chunk], y[a:a + chunk]) for a in range(0, len(x), chunk)])
+
+
+def median_example_gradient_norm(bound: BoundModel, x: torch.Tensor, y: torch.Tensor,
+                                 theta: torch.Tensor) -> float | None:
+    """The median of :func:`example_gradient_norms`, or None for a model whose per-example gradients
+    cannot be batched (the scale is then simply not reported)."""
+    try:
+        return float(example_gradient_norms(bound, x, y, theta).median())
+    except Exception:  # noqa: BLE001
+        return None

@@ -5,7 +5,7 @@
     retrain-warm  the same, started from q(θ | D)      (usually faster, same target)
     retrain-lm    the same Laplace fit on D_r with the Levenberg–Marquardt MAP optimiser, from a prior draw:
                   the fastest retraining the library offers, and the cold start of the optimiser ``lm-refit``
-                  runs warm -- a speed-up against it is the gain of the warm start alone (issue 14)
+                  runs warm -- a speed-up against it is the gain of the warm start alone
 """
 
 from __future__ import annotations
