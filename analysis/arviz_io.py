@@ -44,8 +44,8 @@ import arviz as az
 import numpy as np
 import torch
 
-from inference.posterior import Posterior
-from inference.predict import Prediction
+from ..inference.posterior import Posterior
+from ..inference.predict import Prediction
 
 __all__ = ["to_inference_data", "save_netcdf", "summary", "psis_khat", "linearised_loo", "loo_numbers"]
 
@@ -170,8 +170,8 @@ def psis_khat(posterior: Posterior, x_forget: Any, y_forget: Any, num_samples: i
     Reuses the "psis" unlearning method (:mod:`unlearning.reweighting`, ``az.psislw``); the forget
     rows must be in the posterior's training data (as for ``unlearn``).
     """
-    from unlearning.base import locate_forget_set
-    from unlearning.reweighting import psis
+    from ..unlearning.base import locate_forget_set
+    from ..unlearning.reweighting import psis
 
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -192,7 +192,7 @@ def linearised_loo(posterior: Posterior, *, num_samples: int = 500, seed: int = 
     with J_i = ∂m(x_i; θ)/∂θ at μ. Needs a Normal observation whose scale does not depend on θ
     (``NotImplementedError`` otherwise).
     """
-    from inference.curvature import per_example_jacobians
+    from ..inference.curvature import per_example_jacobians
 
     if posterior.model is None or posterior.x is None or posterior.y is None:
         raise ValueError("the posterior carries no model and training data (x, y); LOO needs both")

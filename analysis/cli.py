@@ -16,13 +16,13 @@ from pathlib import Path
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from inference import METHODS
+    from ..inference import METHODS
 
     print("inference methods (fit(model, x, y, method=...)):")
     for name, text in METHODS.items():
         print(f"  {name:<12} {text}")
     try:
-        from unlearning import describe_methods
+        from ..unlearning import describe_methods
     except ImportError:
         return 0
     print("\nunlearning methods (unlearn(posterior, x_forget, y_forget, method=...)):")

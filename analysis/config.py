@@ -48,11 +48,12 @@ else:  # pragma: no cover
 import tomli_w
 import torch
 
-from inference.fit import ALLOWED_OPTIONS, METHODS, check_option_types
-from models import BayesianLinearRegression, BayesianMLP
-from models.datasets import CORRUPTION_MODES, corrupt_targets, split_requests
-from models.datasets import (RegressionData, check_forget_indices, diabetes, forget_fraction, forget_random,
-                             forget_region, load_csv, rdataset, synthetic_1d)
+from ..inference.fit import ALLOWED_OPTIONS, METHODS, check_option_types
+from ..models import BayesianLinearRegression, BayesianMLP
+from ..models.forget_sets import CORRUPTION_MODES, corrupt_targets, split_requests
+from ..models.data import RegressionData, diabetes, load_csv, rdataset, synthetic_1d
+from ..models.validation import check_forget_indices
+from ..models.forget_sets import forget_fraction, forget_random, forget_region
 
 __all__ = ["ConfigError", "DEFAULT_CONFIG", "QUICK_OVERRIDES", "load_config", "resolve", "build_data",
            "build_model", "build_forget_indices", "region_bounds", "methods_to_run", "dump_toml", "merge",
@@ -190,8 +191,8 @@ def resolve(cfg: dict) -> dict:
 
 def methods_to_run(cfg: dict) -> list[str]:
     """The unlearning methods of a run, references first; checks names and their options."""
-    from unlearning import REGISTRY
-    from unlearning.base import accepted_options, applies_to
+    from ..unlearning import REGISTRY
+    from ..unlearning.base import accepted_options, applies_to
 
     m = cfg["methods"]
     run, skip = list(m.get("run", ["all"])), list(m.get("skip", []))
@@ -223,7 +224,7 @@ def _check_option_values(name: str, opts: dict) -> None:
     """A method option must have the type of its default in the method's signature (a number where the
     default is a number, true/false where it is a bool, text where it is text); forwarded options are
     checked by the method itself. Raises ConfigError naming the key."""
-    from unlearning import REGISTRY
+    from ..unlearning import REGISTRY
 
     params = inspect.signature(REGISTRY[name][0]).parameters
     for key, value in opts.items():
@@ -341,7 +342,7 @@ def _check_forget_values(f: dict) -> None:
 
 def corrupt_forget_set(cfg: dict, data: RegressionData, idx: torch.Tensor) -> tuple[RegressionData, dict | None]:
     """For ``forget.kind = "corrupted"``: the data with the training targets of D_f corrupted
-    (:func:`models.datasets.corrupt_targets`; the test set is never touched) and a record of the corruption
+    (:func:`models.forget_sets.corrupt_targets`; the test set is never touched) and a record of the corruption
     for metrics.json's "request"; for any other kind ``(data, None)``."""
     f = cfg["forget"]
     if f["kind"] != "corrupted":
@@ -355,7 +356,7 @@ def corrupt_forget_set(cfg: dict, data: RegressionData, idx: torch.Tensor) -> tu
 
 def forget_requests(cfg: dict, idx: torch.Tensor, n: int) -> list[torch.Tensor] | None:
     """For ``forget.kind = "sequential"``: D_f cut into ``forget.requests`` deletion requests of (nearly) equal
-    size, in a random order seeded by ``forget.seed`` (:func:`models.datasets.split_requests`); else None."""
+    size, in a random order seeded by ``forget.seed`` (:func:`models.forget_sets.split_requests`); else None."""
     f = cfg["forget"]
     if f["kind"] != "sequential":
         return None

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from inference import fit, predict
-from models import BayesianMLP
-from models.datasets import synthetic_1d
+from ..inference import fit, predict
+from ..models import BayesianMLP
+from ..models.data import synthetic_1d
 
 
 def run_demo(seed: int = 0, progress: bool = True) -> dict:

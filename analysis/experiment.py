@@ -43,12 +43,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from inference import fit, predict
-from inference.laplace import median_example_gradient_norm
-from inference.posterior import Posterior
-from inference.predict import Prediction
-from models.datasets import split
-from unlearning import unlearn
+from ..inference import fit, predict
+from ..inference.laplace import median_example_gradient_norm
+from ..inference.posterior import Posterior
+from ..inference.predict import Prediction
+from ..models.forget_sets import split
+from ..unlearning import unlearn
 
 from .ensemble import leave_one_out_floor, mixture, within_floor
 from .files import run_status, write_json_atomic, write_text_atomic

@@ -30,8 +30,8 @@ import math
 
 import torch
 
-from inference.posterior import Posterior
-from inference.predict import Prediction, predict
+from ..inference.posterior import Posterior
+from ..inference.predict import Prediction, predict
 
 __all__ = ["gaussian_kl_1d", "gaussian_w2_1d", "predictive_kl", "predictive_w2", "gap_closed",
            "gaussian_kl", "gaussian_w2", "rmse", "nll", "membership_signal", "recovered_fraction"]

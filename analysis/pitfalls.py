@@ -55,14 +55,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference import fit, predict
-from inference.laplace import NotPositiveDefiniteError, laplace_fields
-from models import BayesianMLP
-from models.datasets import forget_fraction, forget_random, forget_region, split, synthetic_1d
-from unlearning import unlearn
-from unlearning.base import locate_forget_set
-from unlearning.laplace import downdate, forget_curvature, old_precision
-from unlearning.objective import lambda_from_quantile
+from ..inference import fit, predict
+from ..inference.laplace import NotPositiveDefiniteError, laplace_fields
+from ..models import BayesianMLP
+from ..models.forget_sets import forget_fraction, forget_random, forget_region, split
+from ..models.data import synthetic_1d
+from ..unlearning import unlearn
+from ..unlearning.base import locate_forget_set
+from ..unlearning.laplace import downdate, forget_curvature, old_precision
+from ..unlearning.objective import lambda_from_quantile
 
 from .figures import save_figure, plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
 from .metrics import gap_closed, predictive_kl

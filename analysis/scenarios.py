@@ -1,7 +1,7 @@
 """Deletion scenarios of ``bayes-unlearn run`` beyond a single request: ``corrupted`` and ``sequential``.
 
 ``forget.kind = "corrupted"`` -- before the fit, the targets of a seeded random subset D_f of the training
-rows are corrupted (:func:`models.datasets.corrupt_targets`: shifted by ``shift``·std(y), or replaced by
+rows are corrupted (:func:`models.forget_sets.corrupt_targets`: shifted by ``shift``·std(y), or replaced by
 wide noise); q(θ|D) is fitted on the corrupted data and every method is asked to forget exactly D_f. The
 test set is clean, so test error measures how much of the damage a method undoes (Warnecke et al., 2023,
 *Machine Unlearning of Features and Labels*):
@@ -31,11 +31,11 @@ from typing import Any, Callable
 
 import torch
 
-from inference.posterior import Posterior
-from inference.predict import Prediction
-from models.datasets import RegressionData
-from unlearning import unlearn, unlearn_sequential
-from unlearning.base import UnlearningResult
+from ..inference.posterior import Posterior
+from ..inference.predict import Prediction
+from ..models.data import RegressionData
+from ..unlearning import unlearn, unlearn_sequential
+from ..unlearning.base import UnlearningResult
 
 from .metrics import gap_closed, membership_signal, nll, predictive_kl, recovered_fraction, rmse
 

@@ -42,31 +42,32 @@ def bootstrap_ci(values: list[float], stat=None, n_boot: int = 2000, seed: int =
     (:func:`analysis.stats.bootstrap_ci`, 95 % percentile interval)."""
     import numpy as np
 
-    from analysis.stats import bootstrap_ci as _bootstrap_ci
+    from bayes_unlearn.analysis.stats import bootstrap_ci as _bootstrap_ci
 
     return _bootstrap_ci(values, level=0.95, n_boot=n_boot, seed=seed, stat=stat or np.median)
 
 
 def _mixture(preds: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of the moment-matched mixture (``analysis.ensemble.mixture``, the reference of `run`)."""
-    from analysis.ensemble import mixture
+    from bayes_unlearn.analysis.ensemble import mixture
 
     mix = mixture(preds)
     return mix.mean, mix.std
 
 
 def _kl(p, mean, std) -> float:
-    from analysis.metrics import gaussian_kl_1d
+    from bayes_unlearn.analysis.metrics import gaussian_kl_1d
 
     return float(gaussian_kl_1d(p.mean.double(), p.std.double(), mean, std).mean())
 
 
 def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, methods: list[str], K: int,
              method_options: dict, fit_options: dict | None = None) -> dict:
-    from inference import fit, predict
-    from models import BayesianMLP
-    from models.datasets import split, synthetic_1d
-    from unlearning import unlearn
+    from bayes_unlearn.inference import fit, predict
+    from bayes_unlearn.models import BayesianMLP
+    from bayes_unlearn.models.forget_sets import split
+    from bayes_unlearn.models.data import synthetic_1d
+    from bayes_unlearn.unlearning import unlearn
 
     data = synthetic_1d(n=n, seed=seed)
     model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)

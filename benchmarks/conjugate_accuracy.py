@@ -40,12 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.metrics import gaussian_kl  # noqa: E402
-from analysis.stats import bootstrap_ci  # noqa: E402
-from inference import fit  # noqa: E402
-from models.datasets import split  # noqa: E402
-from models.linear import BayesianLinearRegression  # noqa: E402
-from unlearning import unlearn  # noqa: E402
+from bayes_unlearn.analysis.metrics import gaussian_kl  # noqa: E402
+from bayes_unlearn.analysis.stats import bootstrap_ci  # noqa: E402
+from bayes_unlearn.inference import fit  # noqa: E402
+from bayes_unlearn.models.forget_sets import split  # noqa: E402
+from bayes_unlearn.models.linear import BayesianLinearRegression  # noqa: E402
+from bayes_unlearn.unlearning import unlearn  # noqa: E402
 
 NOISE = 0.3
 

@@ -51,9 +51,9 @@ def one_run(n: int, seed: int, optimizer: str, options: dict) -> dict:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    from inference import fit
-    from models import BayesianMLP
-    from models.datasets import synthetic_1d
+    from bayes_unlearn.inference import fit
+    from bayes_unlearn.models import BayesianMLP
+    from bayes_unlearn.models.data import synthetic_1d
 
     data = synthetic_1d(n=n, seed=seed)
     model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
@@ -79,11 +79,11 @@ def memory_probe(n: int, solver: str) -> dict:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    from inference.gauss_newton import NegLogJoint, ggn_lbfgs, levenberg_marquardt
-    from inference.laplace import prior_draw
-    from inference.latent import BoundModel
-    from models import BayesianMLP
-    from models.datasets import synthetic_1d
+    from bayes_unlearn.inference.gauss_newton import NegLogJoint, ggn_lbfgs, levenberg_marquardt
+    from bayes_unlearn.inference.laplace import prior_draw
+    from bayes_unlearn.inference.latent import BoundModel
+    from bayes_unlearn.models import BayesianMLP
+    from bayes_unlearn.models.data import synthetic_1d
 
     def rss() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -109,7 +109,7 @@ def memory_probe(n: int, solver: str) -> dict:
 def bootstrap(values: list[float]) -> list | str:
     import numpy as np
 
-    from analysis.stats import bootstrap_ci
+    from bayes_unlearn.analysis.stats import bootstrap_ci
 
     if len(values) < 2:
         return "one run"

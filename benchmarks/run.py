@@ -103,8 +103,9 @@ def run(quick: bool = False, seed: int = 0, log=print) -> dict:
 
 def _scaling(first_params_case: dict, sc: dict, seed: int, pcfg: dict) -> dict:
     """Refit the smallest params-sweep posterior (same options) and grow the data it carries."""
-    from inference import fit
-    from models.datasets import forget_random, synthetic_1d
+    from bayes_unlearn.inference import fit
+    from bayes_unlearn.models.forget_sets import forget_random
+    from bayes_unlearn.models.data import synthetic_1d
 
     n0 = sc["sizes"][0]
     p = problem("bnn", n0, seed, tuple(first_params_case["hidden"]))

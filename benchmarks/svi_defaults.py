@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from analysis.stats import bootstrap_ci
-from inference import fit
-from inference.svi import family_defaults
-from models import BayesianLinearRegression, BayesianMLP
-from models.datasets import synthetic_1d
+from bayes_unlearn.analysis.stats import bootstrap_ci
+from bayes_unlearn.inference import fit
+from bayes_unlearn.inference.svi import family_defaults
+from bayes_unlearn.models import BayesianLinearRegression, BayesianMLP
+from bayes_unlearn.models.data import synthetic_1d
 
 FAMILIES = ("meanfield", "lowrank", "fullrank")
 NETS = ("default", "quick", "linear")

@@ -24,10 +24,10 @@ import warnings
 import pyro
 import torch
 
-from inference.latent import BoundModel
-from inference.svi import DirectELBO, make_guide, optimise_elbo, scaled_log_joint
-from models import BayesianMLP
-from models.datasets import synthetic_1d
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.inference.svi import DirectELBO, make_guide, optimise_elbo, scaled_log_joint
+from bayes_unlearn.models import BayesianMLP
+from bayes_unlearn.models.data import synthetic_1d
 
 VARIANTS = {"stock": dict(elbo="trace"), "direct-eager": dict(elbo="direct", jit=False),
             "direct": dict(elbo="direct", jit=True)}

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None,
                     help="JSON file (default benchmarks/results/sweep_engines.json; with --tiny: none)")
     a = ap.parse_args(argv)
-    from analysis.sweep import plan_sweep, run_sweep
+    from bayes_unlearn.analysis.sweep import plan_sweep, run_sweep
 
     spec = dict(TINY if a.tiny else SWEEP)
     if not a.tiny:

@@ -26,12 +26,13 @@ from typing import Any, Callable
 
 import torch
 
-from analysis.metrics import gap_closed, predictive_kl
-from inference import fit, predict
-from inference.posterior import Posterior
-from models import BayesianLinearRegression, BayesianMLP
-from models.datasets import forget_fraction, forget_random, split, synthetic_1d
-from unlearning import unlearn
+from bayes_unlearn.analysis.metrics import gap_closed, predictive_kl
+from bayes_unlearn.inference import fit, predict
+from bayes_unlearn.inference.posterior import Posterior
+from bayes_unlearn.models import BayesianLinearRegression, BayesianMLP
+from bayes_unlearn.models.forget_sets import forget_fraction, forget_random, split
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.unlearning import unlearn
 
 RBF_CENTRES = torch.linspace(-4.0, 4.0, 9)
 RBF_WIDTH = 0.8

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.datasets import as_regression_tensors
+from ..models.validation import as_regression_tensors
 
 from .fit import METHODS, fit
 from .laplace import NotPositiveDefiniteError

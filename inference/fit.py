@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from models.datasets import as_regression_tensors, check_seed
+from ..models.validation import as_regression_tensors, check_seed
 
 from .laplace import find_map, find_map_lm, laplace_fields, median_example_gradient_norm
 from .latent import BoundModel, check_feature_count

@@ -291,7 +291,7 @@ class Posterior:
         layout = LatentLayout.from_json(header["layout"])
         stored_cfg = header.get("model")
         if model is None and stored_cfg:
-            from models import model_from_config
+            from ..models import model_from_config
 
             model = model_from_config(stored_cfg)
         elif model is not None:

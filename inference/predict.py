@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from models.datasets import as_regression_tensors, check_seed
+from ..models.validation import as_regression_tensors, check_seed
 
 from .latent import BoundModel, check_feature_count
 from .posterior import Posterior

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from inference import fit
-from models.datasets import split
-from models.linear import BayesianLinearRegression
+from bayes_unlearn.inference import fit
+from bayes_unlearn.models.forget_sets import split
+from bayes_unlearn.models.linear import BayesianLinearRegression
 
 BLR_FORGET_IDX = torch.arange(0, 100, 5)
 

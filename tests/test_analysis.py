@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from analysis.metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d
-from analysis.pitfalls import parse_variant
-from inference.latent import LatentLayout, LatentSite
-from inference.posterior import Posterior
+from bayes_unlearn.analysis.metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d
+from bayes_unlearn.analysis.pitfalls import parse_variant
+from bayes_unlearn.inference.latent import LatentLayout, LatentSite
+from bayes_unlearn.inference.posterior import Posterior
 from pyro.distributions import constraints
 
 
@@ -51,7 +51,7 @@ def test_parse_variant():
 
 
 def test_cli_help_lists_the_subcommands(capsys):
-    from analysis.cli import main
+    from bayes_unlearn.analysis.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -63,7 +63,7 @@ def test_cli_help_lists_the_subcommands(capsys):
 
 
 def test_pitfalls_subcommand_has_its_own_help(capsys):
-    from analysis.cli import main
+    from bayes_unlearn.analysis.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["pitfalls", "--help"])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.arviz_io import psis_khat, save_netcdf, summary, to_inference_data
-from inference import fit
-from models.linear import BayesianLinearRegression
-from unlearning import unlearn
+from bayes_unlearn.analysis.arviz_io import psis_khat, save_netcdf, summary, to_inference_data
+from bayes_unlearn.inference import fit
+from bayes_unlearn.models.linear import BayesianLinearRegression
+from bayes_unlearn.unlearning import unlearn
 
 N, S = 40, 400
 NOISE = 0.1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference import fit, predict
-from models import BayesianLinearRegression
-from unlearning import unlearn, unlearn_sequential
+from bayes_unlearn.inference import fit, predict
+from bayes_unlearn.models import BayesianLinearRegression
+from bayes_unlearn.unlearning import unlearn, unlearn_sequential
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_sequential_requests_must_be_pairs(small):
 
 def test_run_refuses_a_non_empty_out_folder_unless_overwrite(tmp_path, capsys):
     """Stale results must not mix with a new run (issue 12, item 6)."""
-    from analysis.cli import _prepare_out, main
-    from analysis.config import ConfigError
+    from bayes_unlearn.analysis.cli import _prepare_out, main
+    from bayes_unlearn.analysis.config import ConfigError
 
     out = tmp_path / "res"
     (out / "posteriors").mkdir(parents=True)
@@ -81,7 +81,7 @@ def test_run_refuses_a_non_empty_out_folder_unless_overwrite(tmp_path, capsys):
 
 def test_run_all_skips_methods_that_need_another_model():
     """`run = ["all"]` means all that apply: L-CODEC needs a BayesianMLP (issue 12, item 14)."""
-    from analysis.config import load_config, merge, methods_to_run, resolve
+    from bayes_unlearn.analysis.config import load_config, merge, methods_to_run, resolve
 
     cfg = load_config(quick=True)
     assert "lcodec" in methods_to_run(cfg)
@@ -98,7 +98,7 @@ def test_run_all_skips_methods_that_need_another_model():
 ])
 def test_config_values_of_the_wrong_type_are_refused_before_any_work(override, key):
     """issue 12, item 5: these ran for minutes and crashed, or ran and marked the method failed."""
-    from analysis.config import ConfigError, load_config, merge, resolve
+    from bayes_unlearn.analysis.config import ConfigError, load_config, merge, resolve
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         resolve(merge(load_config(quick=True), override))
@@ -106,7 +106,7 @@ def test_config_values_of_the_wrong_type_are_refused_before_any_work(override, k
 
 # -- posterior files (issue 12, items 2 and 3) ----------------------------------------------------------
 def test_a_flipped_byte_in_a_posterior_file_is_caught(small, tmp_path):
-    from inference.posterior import Posterior, PosteriorFileError
+    from bayes_unlearn.inference.posterior import Posterior, PosteriorFileError
 
     _, _, _, post = small
     path = tmp_path / "p.safetensors"
@@ -125,8 +125,8 @@ def test_a_flipped_byte_in_a_posterior_file_is_caught(small, tmp_path):
 
 
 def test_loading_with_another_model_is_refused(tmp_path):
-    from inference.posterior import Posterior, PosteriorFileError
-    from models import BayesianMLP
+    from bayes_unlearn.inference.posterior import Posterior, PosteriorFileError
+    from bayes_unlearn.models import BayesianMLP
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 1, generator=g), torch.randn(40, generator=g)
@@ -151,7 +151,7 @@ def test_loading_with_another_model_is_refused(tmp_path):
 
 def test_a_posterior_saved_without_data_predicts_and_unlearn_says_it_needs_the_data(small, tmp_path):
     """issue 12, item 4."""
-    from inference.posterior import Posterior
+    from bayes_unlearn.inference.posterior import Posterior
 
     _, x, y, post = small
     path = tmp_path / "nodata.safetensors"

@@ -12,14 +12,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.cli import main
-from analysis.config import ConfigError, load_config, merge, resolve
-from inference import fit, predict
-from inference.posterior import Posterior, PosteriorFileError
-from models import BayesianLinearRegression
-from models import datasets as D
-from models.mlp import BayesianMLP
-from unlearning import unlearn, unlearn_sequential
+from bayes_unlearn.analysis.cli import main
+from bayes_unlearn.analysis.config import ConfigError, load_config, merge, resolve
+from bayes_unlearn.inference import fit, predict
+from bayes_unlearn.inference.posterior import Posterior, PosteriorFileError
+from bayes_unlearn.models import BayesianLinearRegression
+from bayes_unlearn import models as D
+from bayes_unlearn.models.mlp import BayesianMLP
+from bayes_unlearn.unlearning import unlearn, unlearn_sequential
 
 NAN, INF = float("nan"), float("inf")
 
@@ -283,7 +283,7 @@ def test_config_bad_values_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key) as info:
         cfg = merge(load_config(quick=True), override)
         resolve(cfg)
-        from analysis.experiment import _plan  # the data-dependent checks `run` makes before any fitting
+        from bayes_unlearn.analysis.experiment import _plan  # the data-dependent checks `run` makes before any fitting
 
         _plan(cfg)
     assert len(str(info.value).strip().splitlines()) == 1
@@ -388,7 +388,7 @@ _BAD_VALUES = st.one_of(st.text(min_size=1, max_size=5), st.just(-1), st.just(0)
 @given(key=st.sampled_from(["num_steps", "lr", "window", "lbfgs_steps", "num_particles", "batch_size"]),
        value=_BAD_VALUES)
 def test_generated_inference_options_are_checked_before_any_fit(key, value):
-    from inference.fit import check_option_types
+    from bayes_unlearn.inference.fit import check_option_types
 
     try:
         check_option_types({key: value})

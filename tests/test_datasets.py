@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.datasets import (
-    RegressionData,
-    Standardizer,
-    as_regression_tensors,
-    check_forget_indices,
-    diabetes,
-    forget_fraction,
-    forget_random,
-    forget_region,
-    load_csv,
-    split,
-    standardize_data,
-    synthetic_1d,
-    synthetic_1d_mean,
-)
+from bayes_unlearn.models.data import RegressionData, Standardizer, diabetes, load_csv, standardize_data, synthetic_1d, synthetic_1d_mean
+
+from bayes_unlearn.models.validation import as_regression_tensors, check_forget_indices
+
+from bayes_unlearn.models.forget_sets import forget_fraction, forget_random, forget_region, split
 
 # Standardised columns are computed in float32.  Each value carries a relative
 # rounding error of ~6e-8 (2^-24); averaging a few hundred of them keeps the

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from analysis.config import load_config, merge, resolve
-from analysis.ensemble import MomentPrediction, leave_one_out_floor, mixture, within_floor
+from bayes_unlearn.analysis.config import load_config, merge, resolve
+from bayes_unlearn.analysis.ensemble import MomentPrediction, leave_one_out_floor, mixture, within_floor
 
 
 def test_mixture_matches_the_moments_of_draws_from_the_mixture():
@@ -50,7 +50,7 @@ def _tiny_cfg(**analysis):
 
 def test_a_failed_reference_keeps_the_other_results(tmp_path, monkeypatch):
     """If `retrain` raises, the run still writes every file, reports the failure and scores nothing."""
-    import analysis.experiment as ex
+    import bayes_unlearn.analysis.experiment as ex
 
     real = ex.unlearn
 
@@ -69,7 +69,7 @@ def test_a_failed_reference_keeps_the_other_results(tmp_path, monkeypatch):
 
 
 def test_single_retrain_reference_with_a_noise_floor(tmp_path):
-    doc = __import__("analysis.experiment", fromlist=["run_experiment"]).run_experiment(
+    doc = __import__("bayes_unlearn.analysis.experiment", fromlist=["run_experiment"]).run_experiment(
         _tiny_cfg(references=1, noise_floor=True), tmp_path, progress=False)
     assert doc["reference"]["kind"] == "single" and doc["reference"]["seeds"] == [1]
     by = {r["method"]: r for r in doc["results"]}

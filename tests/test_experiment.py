@@ -10,12 +10,12 @@ import tomllib
 import arviz as az
 import pytest
 
-from analysis.cli import main
-from analysis.config import (DEFAULT_CONFIG, ConfigError, build_data, build_forget_indices, dump_toml, load_config,
+from bayes_unlearn.analysis.cli import main
+from bayes_unlearn.analysis.config import (DEFAULT_CONFIG, ConfigError, build_data, build_forget_indices, dump_toml, load_config,
                              merge, methods_to_run)
-from analysis.experiment import run_experiment
-from unlearning import REGISTRY
-from unlearning.base import applies_to
+from bayes_unlearn.analysis.experiment import run_experiment
+from bayes_unlearn.unlearning import REGISTRY
+from bayes_unlearn.unlearning.base import applies_to
 
 SPLITS = ("forget", "retain", "test")
 VERDICTS = {"ok", "uncertain", "failed"}
@@ -182,7 +182,7 @@ def test_quick_run_every_result_carries_a_verdict(quick_run):
 
 def test_report_and_csv_show_verdicts_of_failed_and_auto_rows(tmp_path):
     """The writers on a hand-made document: a method that raised is "failed" with the error as its reason."""
-    from analysis.report import write_csv, write_report
+    from bayes_unlearn.analysis.report import write_csv, write_report
 
     cfg = load_config(quick=True)
     metrics = {f"{s}/{m}": 0.5 for s in SPLITS for m in METRICS}
@@ -300,7 +300,7 @@ def test_quick_run_reports_the_map_gradient_and_the_speed_up_against_a_cold_lm_r
 
 
 def test_the_map_gradient_reading_flags_a_non_mode_at_the_request_scale():
-    from analysis.report import _map_reading
+    from bayes_unlearn.analysis.report import _map_reading
 
     at_mode = _map_reading({"map_grad_norm": 0.04, "forget_grad_norm": 169.0, "example_grad_norm_median": 36.0})
     off = _map_reading({"map_grad_norm": 47.0, "forget_grad_norm": 120.0, "example_grad_norm_median": 3.0})
@@ -311,9 +311,9 @@ def test_the_map_gradient_reading_flags_a_non_mode_at_the_request_scale():
 def test_retrain_lm_drops_the_adam_options_and_fits_with_lm():
     import torch
 
-    from inference import fit
-    from models import BayesianLinearRegression
-    from unlearning import unlearn
+    from bayes_unlearn.inference import fit
+    from bayes_unlearn.models import BayesianLinearRegression
+    from bayes_unlearn.unlearning import unlearn
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(40, 2, generator=g)

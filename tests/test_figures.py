@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.figures import plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
+from bayes_unlearn.analysis.figures import plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
 
 
 def _check_png(path):

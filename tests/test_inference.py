@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.distributions import HalfNormal, MultivariateNormal, Normal, kl_divergence
 
-from inference import (
+from bayes_unlearn.inference import (
     BoundModel,
     ModelConventionError,
     NotPositiveDefiniteError,
@@ -26,9 +26,9 @@ from inference import (
     log_likelihood,
     predict,
 )
-from models.datasets import synthetic_1d
-from models.linear import BayesianLinearRegression
-from models.mlp import BayesianMLP
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.linear import BayesianLinearRegression
+from bayes_unlearn.models.mlp import BayesianMLP
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -700,8 +700,8 @@ def test_posterior_is_immutable(blr_fullrank):
 def test_linearised_predictive_is_exact_for_linear_regression():
     """For a linear mean function the linearisation is exact: mean xᵀμ + b and variance
     x̃ᵀΣx̃ + σ² of the closed-form posterior predictive (float64 round-off only)."""
-    from models import BayesianLinearRegression
-    from inference import fit, predict
+    from bayes_unlearn.models import BayesianLinearRegression
+    from bayes_unlearn.inference import fit, predict
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, generator=g)
@@ -725,7 +725,7 @@ def test_linearised_predictive_is_exact_for_linear_regression():
 def test_linearised_variance_uses_each_structure_without_a_dense_covariance(method, opts):
     """diag(J Σ Jᵀ) computed from the structure (scale, cov_factor, scale_tril, Cholesky of Λ) equals
     the dense einsum: 1e-6 relative covers float32 guide parameters (measured ≤ 3e-8)."""
-    from inference.predict import _diag_j_cov_jt
+    from bayes_unlearn.inference.predict import _diag_j_cov_jt
 
     data = synthetic_1d(n=40)
     post = fit(BayesianMLP(1, (6,), "tanh", prior_scale="fan_in", noise=0.1), data.x, data.y, method,

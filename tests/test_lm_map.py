@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference import fit
-from inference.fit import MAP_GRAD_TOL
-from inference.gauss_newton import DUAL_MAX_ROWS, NegLogJoint, choose_solver, levenberg_marquardt
-from inference.latent import BoundModel
-from models.datasets import synthetic_1d
-from models.mlp import BayesianMLP
+from bayes_unlearn.inference import fit
+from bayes_unlearn.inference.fit import MAP_GRAD_TOL
+from bayes_unlearn.inference.gauss_newton import DUAL_MAX_ROWS, NegLogJoint, choose_solver, levenberg_marquardt
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.mlp import BayesianMLP
 
 
 def grad_norm(post) -> float:
@@ -62,8 +62,8 @@ def test_primal_and_cg_paths_never_hold_more_than_a_chunk_of_the_jacobian(blr_pr
     b = blr_problem
     bound = BoundModel(b["model"], b["X"], b["y"])
     seen = []
-    import inference.curvature as curvature
-    import inference.gauss_newton as gauss_newton
+    import bayes_unlearn.inference.curvature as curvature
+    import bayes_unlearn.inference.gauss_newton as gauss_newton
 
     orig = curvature.whitened_jacobian
 
@@ -114,7 +114,7 @@ def test_the_gradient_norm_warning_fires_at_a_non_mode(small_bnn):
 def test_ggn_lbfgs_is_one_newton_step_on_blr(blr_problem):
     """On a quadratic objective the inverse GGN is the inverse Hessian: the first (unit) step lands on the mode
     (a second one only mops up rounding at gtol = 1e-8)."""
-    from inference.gauss_newton import ggn_lbfgs
+    from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
 
     b = blr_problem
     bound = BoundModel(b["model"], b["X"], b["y"])
@@ -126,8 +126,8 @@ def test_ggn_lbfgs_is_one_newton_step_on_blr(blr_problem):
 def test_ggn_lbfgs_finishes_the_gauss_newton_tail_on_a_small_bnn(small_bnn):
     """Where LM's convergence is linear (the residual curvature it ignores), the same number of GGN-preconditioned
     L-BFGS iterations from the same point gets (much) closer to the mode."""
-    from inference.gauss_newton import ggn_lbfgs
-    from inference.laplace import prior_draw
+    from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
+    from bayes_unlearn.inference.laplace import prior_draw
 
     model, x, y = small_bnn
     bound = BoundModel(model, x, y)

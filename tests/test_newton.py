@@ -9,14 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference import fit
-from models.datasets import forget_region, split, synthetic_1d
-from models.mlp import BayesianMLP
-from unlearning import describe_methods, unlearn, unlearn_sequential
-from unlearning.base import locate_forget_set
-from unlearning.cubic import cubic_model, cubic_step, cubic_step_hvp
-from unlearning.newton import retained_curvature
-from unlearning.lcodec import codec, foci
+from bayes_unlearn.inference import fit
+from bayes_unlearn.models.forget_sets import forget_region, split
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.mlp import BayesianMLP
+from bayes_unlearn.unlearning import describe_methods, unlearn, unlearn_sequential
+from bayes_unlearn.unlearning.base import locate_forget_set
+from bayes_unlearn.unlearning.cubic import cubic_model, cubic_step, cubic_step_hvp
+from bayes_unlearn.unlearning.newton import retained_curvature
+from bayes_unlearn.unlearning.lcodec import codec, foci
 
 FORGET_IDX = torch.arange(0, 100, 5)
 

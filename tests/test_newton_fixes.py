@@ -12,17 +12,18 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-import inference.curvature as curvature
-import unlearning.laplace as ulaplace
-from inference import fit
-from inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
-from inference.latent import BoundModel
-from inference.laplace import NotPositiveDefiniteError
-from models.datasets import split, synthetic_1d
-from models.linear import BayesianLinearRegression
-from models.mlp import BayesianMLP
-from unlearning import unlearn, unlearn_sequential
-from unlearning.api import UnlearningFailedError
+import bayes_unlearn.inference.curvature as curvature
+import bayes_unlearn.unlearning.laplace as ulaplace
+from bayes_unlearn.inference import fit
+from bayes_unlearn.inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.inference.laplace import NotPositiveDefiniteError
+from bayes_unlearn.models.forget_sets import split
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.linear import BayesianLinearRegression
+from bayes_unlearn.models.mlp import BayesianMLP
+from bayes_unlearn.unlearning import unlearn, unlearn_sequential
+from bayes_unlearn.unlearning.api import UnlearningFailedError
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 
 import matplotlib.image as mpimg
 
-from analysis import pitfalls
+from bayes_unlearn.analysis import pitfalls
 
 
 def test_quick_study_writes_json_and_figures(tmp_path, capsys):

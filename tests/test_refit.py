@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from analysis.metrics import gap_closed, predictive_kl
-from inference import fit, predict
-from inference.gauss_newton import NegLogJoint, levenberg_marquardt
-from inference.latent import BoundModel
-from models.datasets import split, synthetic_1d
-from models.mlp import BayesianMLP
-from unlearning import unlearn
-from unlearning.verdict import VERDICT_RULES
+from bayes_unlearn.analysis.metrics import gap_closed, predictive_kl
+from bayes_unlearn.inference import fit, predict
+from bayes_unlearn.inference.gauss_newton import NegLogJoint, levenberg_marquardt
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.models.forget_sets import split
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.mlp import BayesianMLP
+from bayes_unlearn.unlearning import unlearn
+from bayes_unlearn.unlearning.verdict import VERDICT_RULES
 
 
 def kl_to(q, target: MultivariateNormal) -> float:
@@ -188,7 +189,7 @@ def test_empirical_posteriors_are_refused_with_a_pointer_to_retrain(bnn):
 
 
 def test_sequential_requests_stop_at_a_failed_one(blr_problem):
-    from unlearning import UnlearningFailedError, unlearn_sequential
+    from bayes_unlearn.unlearning import UnlearningFailedError, unlearn_sequential
 
     b = blr_problem
     reqs = [(b["xf"][:5], b["yf"][:5]), (b["xf"][5:10], b["yf"][5:10])]

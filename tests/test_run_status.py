@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-import analysis.experiment as experiment
-from analysis.cli import main
-from analysis.files import atomic_path, read_status, write_text_atomic
+import bayes_unlearn.analysis.experiment as experiment
+from bayes_unlearn.analysis.cli import main
+from bayes_unlearn.analysis.files import atomic_path, read_status, write_text_atomic
 
 TINY = ("[data]\nn = 40\n[model]\nname = 'linear'\n[inference]\nmethod = 'laplace'\n"
         "[forget]\nkind = 'random'\nfraction = 0.2\n[methods]\nrun = ['laplace-downdate']\n"
@@ -66,7 +66,7 @@ def test_a_failing_ensemble_retrain_keeps_the_other_results(tmp_path, monkeypatc
         return real(post, xf, yf, method, seed=seed, **kw)
 
     monkeypatch.setattr(experiment, "unlearn", flaky)
-    from analysis.config import load_config
+    from bayes_unlearn.analysis.config import load_config
 
     cfg = load_config(_config(tmp_path, refs=3), seed=0)
     doc = experiment.run_experiment(cfg, tmp_path / "res", progress=False)

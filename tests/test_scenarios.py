@@ -1,5 +1,5 @@
 """Deletion scenarios of ``bayes-unlearn run``: ``corrupted`` and ``sequential`` forget sets, and the
-membership / utility metrics (``analysis.scenarios``, ``models.datasets.corrupt_targets``)."""
+membership / utility metrics (``analysis.scenarios``, ``models.forget_sets.corrupt_targets``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from analysis.config import (ConfigError, build_data, build_forget_indices, corrupt_forget_set, load_config, merge,
+from bayes_unlearn.analysis.config import (ConfigError, build_data, build_forget_indices, corrupt_forget_set, load_config, merge,
                              resolve)
-from analysis.experiment import run_experiment
-from analysis.metrics import membership_signal, recovered_fraction
-from analysis.scenarios import worst_verdict
-from models.datasets import corrupt_targets, split_requests
+from bayes_unlearn.analysis.experiment import run_experiment
+from bayes_unlearn.analysis.metrics import membership_signal, recovered_fraction
+from bayes_unlearn.analysis.scenarios import worst_verdict
+from bayes_unlearn.models.forget_sets import corrupt_targets, split_requests
 
 # --quick scale, with shorter optimisations and no extras: each run well under a minute on one core
 _FAST = {"inference": {"options": {"num_steps": 200, "lbfgs_steps": 100}},

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from benchmarks.svi_defaults import elbo_estimate, problem
-from inference import DivergenceError, fit
-from inference.latent import BoundModel
-from inference.svi import DirectELBO, family_defaults, make_guide, optimise_elbo, scaled_log_joint
-from models import BayesianLinearRegression
+from bayes_unlearn.inference import DivergenceError, fit
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.inference.svi import DirectELBO, family_defaults, make_guide, optimise_elbo, scaled_log_joint
+from bayes_unlearn.models import BayesianLinearRegression
 
 FAMILIES = ("meanfield", "lowrank", "fullrank")
 # seed-0 final ELBOs measured by benchmarks/svi_defaults.py (torch 2.13.0, one thread)

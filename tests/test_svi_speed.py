@@ -15,10 +15,10 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from inference import fit
-from inference.latent import BoundModel
-from inference.svi import BatchStream, DirectELBO, _ScaleData, make_guide, scaled_log_joint
-from models import BayesianLinearRegression, BayesianMLP
+from bayes_unlearn.inference import fit
+from bayes_unlearn.inference.latent import BoundModel
+from bayes_unlearn.inference.svi import BatchStream, DirectELBO, _ScaleData, make_guide, scaled_log_joint
+from bayes_unlearn.models import BayesianLinearRegression, BayesianMLP
 
 
 def quad_model(x, y=None):

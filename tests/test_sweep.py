@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from analysis.cli import main
-from analysis.config import ConfigError
-from analysis.stats import bootstrap_ci
-from analysis.sweep import SweepError, plan_sweep, run_sweep, summarise
+from bayes_unlearn.analysis.cli import main
+from bayes_unlearn.analysis.config import ConfigError
+from bayes_unlearn.analysis.stats import bootstrap_ci
+from bayes_unlearn.analysis.sweep import SweepError, plan_sweep, run_sweep, summarise
 
 # tiny tasks: the conjugate linear model on 60 points, two references and one method, no extras (≈ 2 s each)
 BASE = """
@@ -248,7 +248,7 @@ def test_committed_sweep_files_resolve():
     """Every task of the committed sweep files (docs/sweeps/*.toml) passes the config checks."""
     from pathlib import Path
 
-    from analysis.sweep import load_sweep
+    from bayes_unlearn.analysis.sweep import load_sweep
 
     files = sorted((Path(__file__).resolve().parent.parent / "docs" / "sweeps").glob("*.toml"))
     assert {f.stem for f in files} >= {"synthetic_1d", "concrete", "pitfalls"}
@@ -257,7 +257,7 @@ def test_committed_sweep_files_resolve():
 
 
 def test_summary_carries_the_noise_floor_beside_the_methods():
-    from analysis.sweep import NOISE_FLOOR, _task_rows
+    from bayes_unlearn.analysis.sweep import NOISE_FLOOR, _task_rows
 
     doc = {"results": [{"method": "retrain", "wall_time_s": 4.0, "metrics": {"test/gap_closed": 0.9}},
                        {"method": "lm-refit", "wall_time_s": 0.5, "metrics": {"test/gap_closed": 0.8},
@@ -270,7 +270,7 @@ def test_summary_carries_the_noise_floor_beside_the_methods():
 
 
 def test_report_flags_a_scenario_whose_noise_floor_swamps_the_deletion():
-    from analysis.sweep import NOISE_FLOOR, _report
+    from bayes_unlearn.analysis.sweep import NOISE_FLOOR, _report
 
     def cell(method, metric, mean):
         return {"scenario": "s", "method": method, "metric": metric, "mean": mean, "median": mean,

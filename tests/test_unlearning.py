@@ -18,13 +18,14 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from analysis.cli import main as cli_main
-from inference import fit
-from models.datasets import forget_region, split, synthetic_1d
-from models.mlp import BayesianMLP
-from unlearning import UnlearningResult, describe_methods, unlearn, unlearn_sequential
-from unlearning.objective import ForgetLikelihood
-from unlearning.reweighting import importance_draws
+from bayes_unlearn.analysis.cli import main as cli_main
+from bayes_unlearn.inference import fit
+from bayes_unlearn.models.forget_sets import forget_region, split
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.mlp import BayesianMLP
+from bayes_unlearn.unlearning import UnlearningResult, describe_methods, unlearn, unlearn_sequential
+from bayes_unlearn.unlearning.objective import ForgetLikelihood
+from bayes_unlearn.unlearning.reweighting import importance_draws
 
 METHODS = ("none", "retrain", "retrain-warm", "eubo", "eubo-adjusted", "rkl", "laplace-downdate",
            "laplace-refit", "psis")

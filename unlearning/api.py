@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from inference.posterior import Posterior
+from ..inference.posterior import Posterior
 
-from inference.fit import check_option_types
-from models.datasets import check_seed
+from ..inference.fit import check_option_types
+from ..models.validation import check_seed
 
 from .base import REGISTRY, UnlearningResult, accepted_options, finish, locate_forget_set
 

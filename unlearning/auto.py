@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 
-from inference.posterior import Posterior
-from inference.svi import GUIDES
+from ..inference.posterior import Posterior
+from ..inference.svi import GUIDES
 
 from .base import REGISTRY, ForgetSet, register
 from .verdict import compute_verdict

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from inference.latent import BoundModel
-from inference.posterior import Posterior
-from models.datasets import as_regression_tensors
+from ..inference.latent import BoundModel
+from ..inference.posterior import Posterior
+from ..models.validation import as_regression_tensors
 
 __all__ = ["UnlearningResult", "REGISTRY", "register", "applies_to", "describe_methods", "accepted_options", "ForgetSet",
            "locate_forget_set", "finish"]

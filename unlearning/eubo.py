@@ -54,9 +54,9 @@ from __future__ import annotations
 import pyro
 import torch
 
-from inference.latent import BoundModel
-from inference.posterior import Posterior
-from inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
+from ..inference.latent import BoundModel
+from ..inference.posterior import Posterior
+from ..inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
 from .base import ForgetSet, forget_bound, register
 from .objective import ForgetLikelihood, Whitening, embed_active, unlearning_log_density, unlearning_model

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
-from inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
-from inference.posterior import Posterior
+from ..inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
+from ..inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
+from ..inference.posterior import Posterior
 
 from .base import ForgetSet, forget_bound, register
 
@@ -129,7 +129,7 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
     from pyro.infer.autoguide import AutoLaplaceApproximation
     from pyro.infer.autoguide.initialization import init_to_value
 
-    from inference.svi import DivergenceError, optimise_elbo
+    from ..inference.svi import DivergenceError, optimise_elbo
 
     from .objective import ForgetLikelihood, unlearning_model
 

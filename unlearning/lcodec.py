@@ -31,8 +31,8 @@ import math
 
 import torch
 
-from inference.posterior import Posterior
-from models.mlp import BayesianMLP
+from ..inference.posterior import Posterior
+from ..models.mlp import BayesianMLP
 
 from .base import ForgetSet, register
 from .cubic import estimate_hessian_lipschitz
@@ -210,7 +210,7 @@ def lcodec(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = Fal
     # 4. Newton step on P with the exact sub-Hessian of L_r
     def f_sub(sub: torch.Tensor) -> torch.Tensor:
         return f(theta.index_put((P,), sub))
-    from inference.curvature import hessian
+    from ..inference.curvature import hessian
     H = hessian(f_sub, theta[P])
     ev, V = torch.linalg.eigh(H)
     facts["sub_hessian_lambda_min"] = float(ev[0])

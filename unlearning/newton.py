@@ -51,7 +51,7 @@ import math
 
 import torch
 
-from inference.posterior import Posterior
+from ..inference.posterior import Posterior
 
 from .base import ForgetSet, register
 from .cubic import conjugate_gradient, cubic_model, cubic_step, cubic_step_hvp, estimate_hessian_lipschitz, lanczos_ritz
@@ -89,7 +89,7 @@ def _solver(solver: str, d: int, max_dim: int) -> str:
 
 def retained_curvature(old: Posterior, fs: ForgetSet, max_dim: int = 5000):
     """(L_r, θ*, g, H) at the old posterior mean θ*, float64, exact gradient and dense exact Hessian."""
-    from inference.curvature import hessian
+    from ..inference.curvature import hessian
     theta = old.loc.detach().to(torch.float64)
     if len(theta) > max_dim:
         raise ValueError(f"the model has {len(theta)} coordinates, more than max_dim={max_dim}: only the dense "

@@ -39,8 +39,8 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from inference.latent import BoundModel
-from inference.posterior import Posterior
+from ..inference.latent import BoundModel
+from ..inference.posterior import Posterior
 
 __all__ = ["ForgetLikelihood", "lambda_from_quantile", "unlearning_model", "prior_distribution", "embed_active",
            "Whitening", "unlearning_prior", "unlearning_log_density"]

@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
-from inference.fit import ADAM_ONLY_OPTIONS, ALLOWED_OPTIONS, fit
-from inference.posterior import Posterior
+from ..inference.fit import ADAM_ONLY_OPTIONS, ALLOWED_OPTIONS, fit
+from ..inference.posterior import Posterior
 
 from .base import ForgetSet, register
 

@@ -41,12 +41,12 @@ import time
 
 import torch
 
-from inference.fit import ALLOWED_OPTIONS, fit
-from inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
-from inference.laplace import laplace_fields, lbfgs_rounds
-from inference.latent import BoundModel
-from inference.posterior import Posterior
-from inference.svi import GUIDES, STRUCTURE_OF
+from ..inference.fit import ALLOWED_OPTIONS, fit
+from ..inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
+from ..inference.laplace import laplace_fields, lbfgs_rounds
+from ..inference.latent import BoundModel
+from ..inference.posterior import Posterior
+from ..inference.svi import GUIDES, STRUCTURE_OF
 
 from .base import ForgetSet, register
 from .laplace import forget_curvature
@@ -71,7 +71,7 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
     theta0 = old.loc.detach().to(torch.float64)
     first = None
     curv = (old.meta.get("curvature") or {})
-    from inference.gauss_newton import choose_solver
+    from ..inference.gauss_newton import choose_solver
     primal = choose_solver(solver, problem.rows(theta0), len(theta0)) == "primal"
     # (on the dual path a Jacobian costs less than factorising the dense d x d precision, so only the
     # primal path reuses it)

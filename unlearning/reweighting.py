@@ -38,7 +38,7 @@ import math
 import numpy as np
 import torch
 
-from inference.posterior import Posterior
+from ..inference.posterior import Posterior
 
 from .base import ForgetSet, forget_bound, register
 from .objective import ForgetLikelihood
@@ -135,7 +135,7 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
         resid = (cov_a.diagonal() - top.pow(2).sum(-1)).clamp_min(1e-12)
         fields, structure = {"cov_factor": top.to(dtype), "cov_diag": resid.to(dtype)}, "lowrank"
     else:
-        from inference.posterior import gaussian_from_moments
+        from ..inference.posterior import gaussian_from_moments
 
         _, L = gaussian_from_moments(mu_a, cov_a)
         fields, structure = {"scale_tril": L.to(dtype)}, "full"

