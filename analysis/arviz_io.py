@@ -56,7 +56,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _draws(posterior: Posterior, num_samples: int, seed: int) -> tuple[torch.Tensor, int, str]:
     """(θ [C·S, d] chain-major, number of chains C, description of the draws)."""
-    if posterior.structure != "empirical":
+    if posterior.cov.gaussian:
         return posterior.sample(num_samples, seed=seed), 1, f"{num_samples} iid draws of the Gaussian (seed {seed})"
     lw = posterior.log_weights
     if lw is not None and not bool((lw == lw[0]).all()):

@@ -2,9 +2,10 @@
 
 Sub-commands: ``run`` (a whole unlearning experiment from a TOML config into a results folder,
 ``analysis.experiment``), ``methods`` (list the registered inference and unlearning methods),
-``pitfalls`` (the pitfalls study, ``analysis.pitfalls``), ``sweep`` (scenarios × seeds of ``run``
-on Ray or serially, with bootstrap intervals, ``analysis.sweep``) and ``demo`` (fit and predict on the
-synthetic 1-D set). Every sub-command has ``--help``.
+``sweep`` (scenarios × seeds of ``run`` on Ray or serially, with bootstrap intervals,
+``analysis.sweep``) and ``demo`` (fit and predict on the synthetic 1-D set). Every sub-command has
+``--help``. The pitfalls study is a research study beside the benchmarks, not part of the installed
+library: ``python -m benchmarks.pitfalls`` from the repository root (``bayes-unlearn pitfalls`` says so).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _methods(args: argparse.Namespace) -> int:
         print(f"  {name:<18} {text}")
     return 0
 
+
+PITFALLS_MOVED = ("the pitfalls study moved to `python -m benchmarks.pitfalls` (a research study, not part of the "
+                  "installed library)")
 
 # what `run` writes into its results folder: `--overwrite` removes exactly these, nothing else
 RUN_OUTPUTS = ("report.md", "metrics.json", "metrics.csv", "config.toml", "environment.json", "status.json", "figures",
@@ -151,8 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_demo)
-    p = sub.add_parser("pitfalls", add_help=False, help="the pitfalls study (λ sweep, indefinite down-dates, region "
-                       "vs random deletion, deletion fraction); `bayes-unlearn pitfalls --help` for its options")
     p = sub.add_parser("methods", help="list the registered inference (and unlearning) methods")
     p.set_defaults(func=_methods)
     return ap
@@ -160,10 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pitfalls"]:  # its own argument parser (and --help)
-        from .pitfalls import main as pitfalls_main
-
-        return _guarded(lambda a: pitfalls_main(argv[1:]), argparse.Namespace(), "pitfalls")
+    if argv[:1] == ["pitfalls"]:  # a former sub-command: say where it went
+        print(f"bayes-unlearn pitfalls: {PITFALLS_MOVED}", file=sys.stderr)
+        return 2
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):

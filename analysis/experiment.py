@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..inference.covariance import Precision
 from ..inference import fit, predict
 from ..inference.laplace import median_example_gradient_norm
 from ..inference.posterior import Posterior
@@ -53,7 +54,7 @@ from ..unlearning import unlearn
 from .ensemble import leave_one_out_floor, mixture, within_floor
 from .files import run_status, write_json_atomic, write_text_atomic
 from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
-from .metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d, nll, rmse
+from .metrics import gap_closed, gaussian_kl, gaussian_w2, nll, predictive_distances, rmse
 from .config import corrupt_forget_set, forget_requests
 from .scenarios import run_requests, scenario_metrics, scenario_request
 
@@ -61,14 +62,6 @@ __all__ = ["run_experiment", "SPLITS"]
 
 SPLITS = ("forget", "retain", "test")
 _PACKAGES = ("torch", "pyro-ppl", "arviz", "numpy", "seaborn", "scikit-learn", "bayes-unlearn")
-
-
-def _distances(p: Prediction, ref: Prediction) -> dict[str, float]:
-    a = [t.double() for t in (p.mean, p.std)]
-    b = [t.double() for t in (ref.mean, ref.std)]
-    return {"predictive_kl": float(gaussian_kl_1d(*a, *b).mean()),
-            "predictive_kl_reverse": float(gaussian_kl_1d(*b, *a).mean()),
-            "w2": float(gaussian_w2_1d(*a, *b).mean())}
 
 
 def _weight_metrics(post: Posterior, ref: Posterior) -> dict[str, float]:
@@ -195,7 +188,7 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
     retrain_preds, floor = _reference_ensemble(cfg, post, xf, yf, runs, predictions, opts, doc)
     ref_pred = {s: mixture([p[s] for p in retrain_preds]) for s in inputs}
     none_pred = runs["none"][1]
-    d_none = {s: _distances(none_pred[s], ref_pred[s]) for s in inputs}
+    d_none = {s: predictive_distances(none_pred[s], ref_pred[s]) for s in inputs}
     region = _region_mask(cfg, data)
     linear = cfg["model"]["name"] == "linear"
     warm_ref = runs.get("retrain-warm", (None,))[0]
@@ -205,7 +198,7 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
         res, pred = runs[row["method"]]
         m = row["metrics"]
         for s in inputs:
-            d = _distances(pred[s], ref_pred[s])
+            d = predictive_distances(pred[s], ref_pred[s])
             for k, v in d.items():
                 m[f"{s}/{k}"] = v
             m[f"{s}/gap_closed"] = gap_closed(d["predictive_kl"], d_none[s]["predictive_kl"])
@@ -279,12 +272,13 @@ def _reference_ensemble(cfg: dict, post: Posterior, xf, yf, runs: dict, predicti
             seeds.append(seed + k)
     floor: dict = {}
     if len(preds) >= 2:
-        floor = leave_one_out_floor(preds, _distances)
+        floor = leave_one_out_floor(preds, predictive_distances)
     elif K == 1 and an["noise_floor"]:
         other = another(2)
         if other is not None:
             other_pred = predictions(other.posterior)
-            floor = {s: {k: [v] for k, v in _distances(other_pred[s], first_pred[s]).items()} for s in first_pred}
+            floor = {s: {k: [v] for k, v in predictive_distances(other_pred[s], first_pred[s]).items()}
+                     for s in first_pred}
             doc["noise_floor"]["retrain_time_s"] = other.wall_time_s
     doc["reference"] = {"kind": "ensemble" if len(preds) >= 2 else "single", "retrains": len(preds), "seeds": seeds,
                         "retrain_times_s": times,
@@ -405,7 +399,7 @@ def _figures(folder: Path, cfg: dict, data, post: Posterior, runs: dict, doc: di
         if name in runs:
             candidates[label] = runs[name][0].posterior
     spectra = {label: torch.linalg.eigvalsh(p.precision.double()).numpy()
-               for label, p in candidates.items() if p.structure == "precision"}
+               for label, p in candidates.items() if isinstance(p.cov, Precision)}
     if len(spectra) > 1:
         fg.plot_spectra(folder / "spectra.png", spectra)
         out["Eigenvalues of the Laplace precision before and after the down-date, and after retraining"] = \

@@ -21,6 +21,21 @@ closes its figure and returns the written ``Path``. What each figure shows and h
     retrain. The y-axis is clipped to [-1.5, 1.2]; a bar that runs past it ends in a hatched tip
     with its true value written next to it, and a missing value (NaN) is written "n/a".
 
+``plot_kl_sweep(path, x_labels, kl, reference=..., flagged=...)``
+    One panel per split (forget / retain / test), one line per method: the averaged predictive KL
+    to the retrain (log y-axis, lower is better) at each of a row of settings, e.g. the thresholds
+    λ of the adjusted likelihood, named by ``x_labels``. The dashed line is the reference (``none``,
+    doing nothing): a point below it is closer to retraining than the old posterior was. Red circles
+    mark flagged runs (e.g. a re-fit that diverged and returned the old posterior). A method not run
+    at a setting has no point there; a failed run (NaN) leaves a gap in its line.
+
+``plot_gap_closed_sweep(path, x, gaps, log_x=...)``
+    One panel per split, one line per method: the gap closed against a numeric setting (e.g. the
+    fraction of the data deleted), with the lines at 1 ("as good as retraining") and 0 ("no better
+    than doing nothing") of ``plot_gap_closed``. The y-axis is clipped to [-1.5, 1.2]; a point past it
+    sits on the edge with its true value written beside it. When d(none, retrain) is tiny (small
+    forget sets) the gap closed is a ratio of two small numbers and swings widely.
+
 ``plot_spectra(path, spectra)``
     Sorted eigenvalues (largest first) of one or more symmetric matrices, e.g. a Laplace precision
     before and after a down-date, on a symlog y-axis (logarithmic far from 0, linear near 0, so the
@@ -50,11 +65,14 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
-__all__ = ["plot_predictive_bands", "plot_gap_closed", "plot_spectra", "plot_loss_curves", "save_figure"]
+__all__ = ["plot_predictive_bands", "plot_gap_closed", "plot_kl_sweep", "plot_gap_closed_sweep", "plot_spectra",
+           "plot_loss_curves", "save_figure"]
 
 DPI = 120
 GAP_YLIM = (-1.5, 1.2)
 SPLIT_ORDER = ("forget", "retain", "test")
+SPLIT_TITLES = {"forget": "on the forgotten points D_f", "retain": "on the retained points D_r",
+                "test": "on the test grid"}
 
 
 def _arr(a, name: str) -> np.ndarray:
@@ -95,6 +113,12 @@ def save_figure(fig, path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def _split_order(names) -> list[str]:
+    """The distinct split names: forget, retain, test first, any others after in order of appearance."""
+    seen = list(dict.fromkeys(names))
+    return [s for s in SPLIT_ORDER if s in seen] + [s for s in seen if s not in SPLIT_ORDER]
 
 
 def _decade(v: float) -> float:
@@ -237,8 +261,7 @@ def plot_gap_closed(path, rows: Sequence[Mapping]) -> Path:
         if missing:
             raise ValueError(f"row {i} lacks key(s) {sorted(missing)}; each row needs method, split, gap_closed")
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    seen = list(dict.fromkeys(str(r["split"]) for r in rows))
-    splits = [s for s in SPLIT_ORDER if s in seen] + [s for s in seen if s not in SPLIT_ORDER]
+    splits = _split_order(str(r["split"]) for r in rows)
     value = {}
     for r in rows:
         v = r["gap_closed"]
@@ -287,6 +310,132 @@ def plot_gap_closed(path, rows: Sequence[Mapping]) -> Path:
                  "d = averaged predictive KL to the retrain; red text: true value of a clipped bar",
                  fontsize=11)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# sweeps: one panel per split, a line per method against a swept setting
+
+
+def _sweep_series(values: Mapping[str, Mapping[str, Sequence]], n: int, what: str) -> tuple[dict, list[str]]:
+    """method -> split -> float array of length ``n`` (None -> NaN), and the splits in display order."""
+    if not values:
+        raise ValueError(f"{what} is empty: give method -> split -> one value per setting")
+    series: dict[str, dict[str, np.ndarray]] = {}
+    for m, per_split in values.items():
+        if not per_split:
+            raise ValueError(f"{what}[{m!r}] is empty: give split -> one value per setting")
+        series[str(m)] = {}
+        for s, vals in per_split.items():
+            a = np.array([math.nan if v is None else float(v) for v in vals], dtype=np.float64)
+            if a.size != n:
+                raise ValueError(f"{what}[{m!r}][{s!r}] has {a.size} values but there are {n} settings; they must match")
+            series[str(m)][str(s)] = a
+    return series, _split_order(s for per_split in series.values() for s in per_split)
+
+
+def plot_kl_sweep(path, x_labels: Sequence[str], kl: Mapping[str, Mapping[str, Sequence[float | None]]], *,
+                  reference: Mapping[str, float] | None = None, reference_label: str = "none (do nothing)",
+                  flagged: Mapping[str, Sequence[bool]] | None = None,
+                  flag_label: str = "diverged (old posterior returned)", xlabel: str = "setting",
+                  title: str = "Distance to exact retraining against a setting") -> Path:
+    """Predictive KL to retrain per split (panels) and method (lines) over the settings ``x_labels``; log y.
+
+    ``kl[method][split]`` holds one value per setting: None where the method was not run at it (the line
+    joins its neighbours), NaN where the run failed (a gap). ``reference[split]`` is drawn dashed,
+    ``flagged[method]`` marks settings to circle in red (e.g. diverged runs).
+    """
+    labels = [str(t) for t in x_labels]
+    if not labels:
+        raise ValueError("x_labels is empty: give one label per setting")
+    given = {m: {s: [v is not None for v in vals] for s, vals in per_split.items()} for m, per_split in kl.items()}
+    series, splits = _sweep_series(kl, len(labels), "kl")
+    flags = {}
+    for m, f in (flagged or {}).items():
+        if m not in series:
+            raise ValueError(f"flagged names method {m!r}, which kl lacks; flag only plotted methods")
+        flags[m] = np.asarray(f, dtype=bool)
+        if flags[m].shape != (len(labels),):
+            raise ValueError(f"flagged[{m!r}] has {flags[m].size} values but there are {len(labels)} settings")
+    xs = np.arange(len(labels))
+    colors = dict(zip(series, matplotlib.colormaps["tab10"].colors))
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(splits), figsize=(5.0 * len(splits), 4.6), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, s in zip(axes, splits):
+        for m, c in colors.items():
+            if s not in series[m]:
+                continue
+            have = np.array(given[m][s])
+            ys = series[m][s]
+            ax.plot(xs[have], ys[have], marker="o", color=c, label=m)
+            div = flags.get(m, np.zeros(len(labels), dtype=bool)) & have
+            if div.any():
+                ax.scatter(xs[div], ys[div], s=110, facecolor="none", edgecolor="red", lw=1.5, zorder=5,
+                           label=f"{m}: {flag_label}")
+        if reference is not None and s in reference:
+            ax.axhline(reference[s], color="0.3", ls="--", label=reference_label)
+        ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(SPLIT_TITLES.get(s, s), fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8.5)
+    axes[0].set_ylabel("predictive KL to retrain (log scale; lower is better)")
+    h, lab = axes[0].get_legend_handles_labels()
+    uniq = dict(zip(lab, h))
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=max(len(uniq), 1), frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save_figure(fig, path)
+
+
+def plot_gap_closed_sweep(path, x: Sequence[float], gaps: Mapping[str, Mapping[str, Sequence[float | None]]], *,
+                          xticklabels: Sequence[str] | None = None, log_x: bool = False, xlabel: str = "setting",
+                          title: str = "Gap closed towards retraining against a setting") -> Path:
+    """Gap closed per split (panels) and method (lines) over numeric settings ``x``, clipped to [-1.5, 1.2].
+
+    ``gaps[method][split]`` holds one value per setting (None or NaN: missing); a method with no value at
+    all is left out. Values past the clip are drawn at the edge with their true value written beside them.
+    """
+    xv = _arr(x, "x")
+    if xv.size == 0:
+        raise ValueError("x is empty: give one number per setting")
+    if log_x and not np.all(xv > 0):
+        raise ValueError(f"log_x needs positive settings, got min {xv.min():g}; pass log_x=False")
+    if xticklabels is not None and len(xticklabels) != xv.size:
+        raise ValueError(f"xticklabels has {len(xticklabels)} labels but x has {xv.size} values; they must match")
+    series, splits = _sweep_series(gaps, xv.size, "gaps")
+    lo, hi = GAP_YLIM
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(splits), figsize=(14 * len(splits) / 3, 4.4), sharey=True, squeeze=False)
+    axes = axes[0]
+    palette = sns.color_palette("colorblind", len(series))
+    for ax, s in zip(axes, splits):
+        ax.axhline(1, color="tab:green", ls="--", lw=1.2, label="1: as good as retraining")
+        ax.axhline(0, color="0.3", lw=1.0, label="0: no better than doing nothing")
+        for j, (m, c) in enumerate(zip(series, palette)):
+            ys = series[m].get(s)
+            if ys is None or np.isnan(ys).all():
+                continue
+            ax.plot(xv, np.clip(ys, lo, hi), marker="o", color=c, label=m)
+            for xi, y in zip(xv, ys):
+                if np.isfinite(y) and not lo <= y <= hi:
+                    ax.annotate(f"{y:.3g}", (xi, np.clip(y, lo, hi)), textcoords="offset points",
+                                xytext=(0, -10 - 9 * j if y < lo else 5 + 9 * j), ha="center", fontsize=7, color=c)
+        ax.set_ylim(lo - 0.5, hi + 0.1)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xticks(xv)
+        ax.set_xticklabels(list(xticklabels) if xticklabels is not None else [f"{v:g}" for v in xv])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_title(SPLIT_TITLES.get(s, s), fontsize=10)
+    axes[0].set_ylabel(f"gap closed (clipped to [{lo}, {hi}]; labels: true values)")
+    h, lab = axes[0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="lower center", ncol=len(lab), frameon=False, fontsize=9, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save_figure(fig, path)
 
 

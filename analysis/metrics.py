@@ -33,7 +33,7 @@ import torch
 from ..inference.posterior import Posterior
 from ..inference.predict import Prediction, predict
 
-__all__ = ["gaussian_kl_1d", "gaussian_w2_1d", "predictive_kl", "predictive_w2", "gap_closed",
+__all__ = ["gaussian_kl_1d", "gaussian_w2_1d", "predictive_kl", "predictive_w2", "predictive_distances", "gap_closed",
            "gaussian_kl", "gaussian_w2", "rmse", "nll", "membership_signal", "recovered_fraction"]
 
 
@@ -48,7 +48,13 @@ def gaussian_w2_1d(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: tor
 
 
 def _pred(p: Posterior | Prediction, x: torch.Tensor, num_samples: int, seed: int) -> Prediction:
-    return p if isinstance(p, Prediction) else predict(p, x, num_samples=num_samples, seed=seed)
+    """A posterior's predictive at ``x``; a prediction (anything with ``.mean`` and ``.std``, [N] each: an
+    ``inference.predict.Prediction`` or an ensemble's ``analysis.ensemble.MomentPrediction``) as it is."""
+    if isinstance(p, Posterior):
+        return predict(p, x, num_samples=num_samples, seed=seed)
+    if not (hasattr(p, "mean") and hasattr(p, "std")):
+        raise TypeError(f"expected a Posterior or a prediction with .mean and .std, got {type(p).__name__}")
+    return p
 
 
 def predictive_kl(p: Posterior | Prediction, q: Posterior | Prediction, x: torch.Tensor | None = None,
@@ -63,6 +69,15 @@ def predictive_w2(p: Posterior | Prediction, q: Posterior | Prediction, x: torch
     """Mean over inputs of W₂ between the moment-matched Gaussian predictives."""
     a, b = _pred(p, x, num_samples, seed), _pred(q, x, num_samples, seed)
     return float(gaussian_w2_1d(a.mean.double(), a.std.double(), b.mean.double(), b.std.double()).mean())
+
+
+def predictive_distances(p: Posterior | Prediction, ref: Posterior | Prediction, x: torch.Tensor | None = None,
+                         num_samples: int = 200, seed: int = 0) -> dict[str, float]:
+    """The function-space distances of ``p`` to a reference ``ref`` (predictions reused if given):
+    ``predictive_kl`` = KL(p ‖ ref), ``predictive_kl_reverse`` = KL(ref ‖ p) and ``w2``, each a mean over inputs."""
+    a, b = _pred(p, x, num_samples, seed), _pred(ref, x, num_samples, seed)
+    return {"predictive_kl": predictive_kl(a, b), "predictive_kl_reverse": predictive_kl(b, a),
+            "w2": predictive_w2(a, b)}
 
 
 def gap_closed(d_method: float, d_none: float) -> float:

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.lm_map import machine_state  # load and runnable processes: timings on a shared machine
+from benchmarks._io import machine_state, print_table, write_result
 
 SPLITS = ("forget", "retain", "test")
 
@@ -88,7 +86,7 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     lin = family == "laplace"
     preds = lambda p: {s: predict(p, x, linearised=lin, num_samples=200, seed=seed) for s, x in xs.items()}  # noqa: E731
 
-    results, posts = {}, {}
+    results = {}
     refs, ref_grad_norms = [], []
     for k in range(K):
         r = unlearn(post, xf, yf, "retrain", seed=seed + 1000 * k)
@@ -161,7 +159,7 @@ def summarise(per_seed: list[dict]) -> list[dict]:
                 cell[key] = bootstrap_ci(vals)
         cell["verdicts"] = {v: sum(1 for r in rows if r.get("verdict") == v) for v in ("ok", "uncertain", "failed")}
         cell["min_gap"] = min((min(r[f"{s}/gap_closed"] for s in SPLITS) for r in rows
-                               if f"forget/gap_closed" in r), default=None)
+                               if "forget/gap_closed" in r), default=None)
         out.append(cell)
     return out
 
@@ -223,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--table", help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
     if a.table:
-        doc = json.loads(Path(a.table).read_text())
-        print(markdown_table(doc))
-        return doc
+        return print_table(a.table, markdown_table)
     if not a.out:
         ap.error("--out is required (or --table FILE)")
     torch.set_num_threads(1)
@@ -236,11 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  methods=a.methods, K=a.references, method_options={},
                                  fit_options=json.loads(a.fit_options)))
         print(f"seed {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
-        doc = {"config": vars(a), "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                               "threads": torch.get_num_threads(), "cpu": platform.processor()},
-               "per_seed": per_seed, "summary": summarise(per_seed), "verdict_counts": verdict_counts(per_seed)}
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(doc, indent=1, default=str))
+        doc = {"config": vars(a), "per_seed": per_seed, "summary": summarise(per_seed),
+               "verdict_counts": verdict_counts(per_seed)}
+        write_result(a.out, doc)
     print(markdown_table(doc))
     return doc
 

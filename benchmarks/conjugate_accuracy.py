@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -46,6 +45,7 @@ from bayes_unlearn.inference import fit  # noqa: E402
 from bayes_unlearn.models.forget_sets import split  # noqa: E402
 from bayes_unlearn.models.linear import BayesianLinearRegression  # noqa: E402
 from bayes_unlearn.unlearning import unlearn  # noqa: E402
+from benchmarks._io import write_result  # noqa: E402
 
 NOISE = 0.3
 
@@ -177,12 +177,11 @@ def main(argv=None) -> None:
         else:
             rows = part_svi(seeds or [5, 6, 7, 8, 9])
         summary = summarise(rows)
-        res = {"part": part, "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "noise": NOISE,
-               "summary": summary, "rows": rows}
+        res = {"part": part, "wall_s": time.perf_counter() - t0, "noise": NOISE, "summary": summary, "rows": rows}
         tag = "" if args.seeds is None and args.methods is None else \
             "_" + "_".join(x for x in ((args.methods or "").replace(",", "+"), "seeds" + (args.seeds or "").replace(",", "-")) if x)
         path = Path(args.out) / f"conjugate_accuracy_{part}{tag}.json"
-        path.write_text(json.dumps(res, indent=1, default=str))
+        write_result(path, res)
         print(json.dumps(summary["flags_vs_kl"], indent=1))
         print("wrote", path)
 

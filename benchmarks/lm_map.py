@@ -22,25 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks._io import machine_state, print_table, read_result, write_result
+
 GRAD_TOL = 1e-2  # inference.fit.MAP_GRAD_TOL
-
-
-def machine_state() -> dict:
-    """Load averages and runnable processes (from /proc/loadavg; the runnable count includes this one)."""
-    try:
-        parts = Path("/proc/loadavg").read_text().split()
-        running = int(parts[3].split("/")[0])
-        return {"load_1m": float(parts[0]), "load_5m": float(parts[1]), "runnable": running,
-                "cpus": os.cpu_count()}
-    except OSError:
-        return {"cpus": os.cpu_count()}
 
 
 def one_run(n: int, seed: int, optimizer: str, options: dict) -> dict:
@@ -199,23 +189,21 @@ def main(argv: list[str] | None = None) -> dict:
             probes.append(rec)
             print(json.dumps(rec), flush=True)
         if a.out:
-            doc = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {"runs": [], "summary": []}
+            doc = read_result(a.out) if Path(a.out).exists() else {"runs": [], "summary": []}
             doc.setdefault("memory_probes", {})[str(a.memory_probe)] = probes
-            Path(a.out).write_text(json.dumps(doc, indent=1, default=str))
+            write_result(a.out, doc, threads=1)  # the probes run in subprocesses on one thread
         return {"memory_probes": probes}
     if a.one:
         opts = json.loads(a.options).get(a.one[2], {})
         print("RESULT " + json.dumps(one_run(int(a.one[0]), int(a.one[1]), a.one[2], opts)), flush=True)
         return {}
     if a.table:
-        doc = json.loads(Path(a.table).read_text())
-        print(markdown_table(doc))
-        return doc
+        return print_table(a.table, markdown_table)
     if not a.out:
         ap.error("--out is required (or --table FILE)")
     runs = []
     if a.append and Path(a.out).exists():
-        runs = json.loads(Path(a.out).read_text())["runs"]
+        runs = read_result(a.out)["runs"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for n in a.ns:
         for s in a.seeds:
@@ -237,12 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"N={n} seed={s} {opt}: " + (f"fit {rec['fit_time_s']:.1f} s, ‖∇‖ {rec['grad_norm']:.3g}, "
                       f"peak {rec['peak_rss_mb']:.0f} MB" if "error" not in rec else rec["error"][-300:]) +
                       f" (load {before.get('load_1m')})", flush=True)
-                doc = {"config": {k: v for k, v in vars(a).items() if k != "one"},
-                       "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                                   "cpus": os.cpu_count(), "threads": 1},
-                       "runs": runs, "summary": summarise(runs)}
-                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(a.out).write_text(json.dumps(doc, indent=1, default=str))
+                doc = {"config": {k: v for k, v in vars(a).items() if k != "one"}, "runs": runs,
+                       "summary": summarise(runs)}
+                write_result(a.out, doc, threads=1)  # the fits run in subprocesses on one thread
     print(markdown_table(doc))
     return doc
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from ._io import write_result
 from .report import plot, tables, targets
 from .svi_speed import svi_step_benchmark
 from .unlearn_bench import data_scaling, fidelity_case, problem
@@ -63,8 +62,7 @@ def run(quick: bool = False, seed: int = 0, log=print) -> dict:
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out: dict = {"quick": quick, "seed": seed, "torch": torch.__version__, "python": platform.python_version(),
-                 "machine": platform.machine(), "torch_threads": 1, "config": json.loads(json.dumps(cfg, default=str))}
+    out: dict = {"quick": quick, "seed": seed, "config": json.loads(json.dumps(cfg, default=str))}
     try:
         log("svi: ms/step stock vs direct ...")
         out["svi"] = svi_step_benchmark(seed=seed, **cfg["svi"])
@@ -119,12 +117,6 @@ def _scaling(first_params_case: dict, sc: dict, seed: int, pcfg: dict) -> dict:
     return res
 
 
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small configuration (< 2 minutes)")
@@ -134,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(quick=args.quick, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "benchmarks.json", "w") as f:
-        json.dump(res, f, indent=1, default=_json_default)
+    write_result(out / "benchmarks.json", res, threads=1)  # run() measures on one thread (module docstring)
     plot(res, out / "benchmarks.png")
     print(tables(res))
     print(f"\nwrote {out / 'benchmarks.json'} and {out / 'benchmarks.png'} in {res['total_s']:.0f} s")

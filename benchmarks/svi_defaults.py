@@ -24,9 +24,6 @@ JSON is rewritten after every fit, so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,6 +35,7 @@ from bayes_unlearn.inference import fit
 from bayes_unlearn.inference.svi import family_defaults
 from bayes_unlearn.models import BayesianLinearRegression, BayesianMLP
 from bayes_unlearn.models.data import synthetic_1d
+from benchmarks._io import read_result, write_result
 
 FAMILIES = ("meanfield", "lowrank", "fullrank")
 NETS = ("default", "quick", "linear")
@@ -140,14 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--table", default=None, help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
     if a.table:
-        doc = json.loads(Path(a.table).read_text())
+        doc = read_result(a.table)
         doc["summary"] = summarise(doc["rows"])
         print(markdown_table(doc))
         return doc
     torch.set_num_threads(1)
     doc = {"command": "python -m benchmarks.svi_defaults " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "defaults": {f: family_defaults(f, 1153) for f in FAMILIES}, "rows": [], "summary": []}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row = run_cell(net, family, seed)
                 doc["rows"].append(row)
                 doc["summary"] = summarise(doc["rows"])
-                out.write_text(json.dumps(doc, indent=1, default=str))
+                write_result(out, doc)
                 print(f"{net:8s} {family:9s} seed {seed}: "
                       + (f"{row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} s CPU, {row['steps']} steps, "
                          f"ELBO {row['elbo']:.2f}, restarts {len(row['restarts'])}" if row["ok"] else row["error"]),

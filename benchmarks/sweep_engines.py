@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks._io import write_result
 
 SWEEP = {
     "seeds": 5,
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         spec["seeds"] = a.seeds
     sweep = plan_sweep(spec, quick=True)
     out = a.out if a.out is not None else (None if a.tiny else "benchmarks/results/sweep_engines.json")
-    doc: dict = {"sweep": spec, "quick": True, "tasks": len(sweep.tasks), "num_cpus": a.num_cpus,
-                 "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                             "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}
+    doc: dict = {"sweep": spec, "quick": True, "tasks": len(sweep.tasks), "num_cpus": a.num_cpus}
     with tempfile.TemporaryDirectory(prefix="sweep_engines_") as tmp:
         work = Path(a.work or tmp)
         summaries = {}
@@ -82,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"serial / ray = {doc['ratio_serial_over_ray']:.2f} (Ray on {a.num_cpus} CPUs); "
           f"same summary timings aside: {doc['same_cells']}")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_result(out, doc)
         print(f"written: {out}")
     return doc
 

@@ -2,7 +2,8 @@
 
 ``fit(model, x, y, method)`` with method in "meanfield", "lowrank", "fullrank" (SVI autoguides),
 "laplace" (exact Hessian or GGN) and "nuts"; ``predict(posterior, x)`` for the predictive;
-``BoundModel`` for the per-point log-likelihood derived from the model itself.
+``BoundModel`` for the per-point log-likelihood derived from the model itself; the covariance
+structures a ``Posterior`` holds (``Diag``, ``LowRank``, ``Full``, ``Precision``, ``Empirical``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from ..models.validation import as_regression_tensors
 
+from .covariance import STRUCTURES, Covariance, Diag, Empirical, Full, LowRank, Precision, structure_class
 from .fit import METHODS, fit
 from .laplace import NotPositiveDefiniteError
 from .latent import BoundModel, LatentLayout, ModelConventionError
@@ -19,13 +21,14 @@ from .predict import Prediction, predict
 from .svi import DivergenceError
 
 __all__ = ["fit", "predict", "Posterior", "Prediction", "BoundModel", "LatentLayout", "METHODS",
-           "DivergenceError", "NotPositiveDefiniteError", "ModelConventionError", "log_likelihood"]
+           "DivergenceError", "NotPositiveDefiniteError", "ModelConventionError", "log_likelihood",
+           "Covariance", "Diag", "LowRank", "Full", "Precision", "Empirical", "STRUCTURES", "structure_class"]
 
 
 def log_likelihood(posterior: Posterior, x, y, num_samples: int = 200, seed: int = 0):
     """Per-point log-likelihood log p(y_i | x_i, θ_s) for posterior draws θ_s: [S, N]."""
     x, y = as_regression_tensors(x, y)
-    theta = posterior.samples if posterior.structure == "empirical" else posterior.sample(num_samples, seed)
+    theta, _ = posterior.draws(num_samples, seed)
     with torch.no_grad():
         return posterior.bound_model().log_likelihood(theta.to(x.dtype), x, y)
 

@@ -18,7 +18,8 @@ import torch
 
 from ..models.validation import as_regression_tensors, check_seed
 
-from .laplace import find_map, find_map_lm, laplace_fields, median_example_gradient_norm
+from .covariance import Empirical, structure_class
+from .laplace import LAPLACE_STRUCTURES, find_map, find_map_lm, laplace_covariance, median_example_gradient_norm
 from .latent import BoundModel, check_feature_count
 from .nuts import run_nuts
 from .posterior import Posterior
@@ -54,7 +55,7 @@ ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SV
 # options that take one of a few names, checked before any work (``solver`` is the union over the methods that
 # take one: a typo is caught here, a name that exists but not for that method by the method itself)
 OPTION_CHOICES: dict[str, tuple] = {
-    "curvature": ("exact", "ggn"), "structure": ("full", "diag", "last-layer"), "repair": (None, "clip", "damp"),
+    "curvature": ("exact", "ggn"), "structure": tuple(LAPLACE_STRUCTURES), "repair": (None, "clip", "damp"),
     "elbo": ("direct", "trace"), "optimizer": ("adam-lbfgs", "lm"), "mean": ("newton", "keep"),
     "init": ("old", "lm"), "scope": ("global", "layer"), "solver": ("auto", "dense", "hvp", "dual", "primal", "cg"),
 }
@@ -101,7 +102,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     **options : method options, e.g. ``num_steps``, ``lr``, ``elbo='direct'|'trace'``, ``batch_size``
         (SVI and the MAP phase of Laplace; see inference.svi); ``factor_lr``, ``restarts``, ``init_scale``,
         ``rank`` (SVI; defaults from ``inference.svi.family_defaults``); ``curvature='exact'|'ggn'``,
-        ``structure='full'|'diag'|'last-layer'``, ``repair=None|'clip'|'damp'`` (Laplace);
+        ``structure='full'|'diag'|'last-layer'|'kron'`` (kron: KFAC, BayesianMLP with fixed noise), ``repair=None|'clip'|'damp'`` (Laplace);
         ``num_samples``, ``warmup_steps``, ``num_chains`` (NUTS). Unknown options raise.
 
     Returns
@@ -132,8 +133,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     if method in GUIDES:
         init_fields = None
         if init is not None:
-            init_fields = {k: getattr(init, k).to(x.dtype) for k in ("loc", "scale", "cov_factor", "cov_diag", "scale_tril")
-                           if getattr(init, k) is not None}
+            init_fields = {k: v.to(x.dtype) for k, v in {"loc": init.loc, **init.cov.fields()}.items()}
         fields, report = fit_svi_fields(bound, x, y, method, seed=seed, progress=progress,
                                         init_fields=init_fields, **options)
         meta["report"] = {k: report[k] for k in ("steps", "converged", "wall_time_s", "elbo", "batch_size",
@@ -149,8 +149,9 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
             meta["warnings"].append(
                 f"SVI did not meet the convergence rule in {report['steps']} steps (it stopped at num_steps before "
                 "max_plateaus step-size halvings); raise num_steps")
-        return Posterior(structure=STRUCTURE_OF[method], family=method, layout=bound.layout, model=model,
-                         x=x, y=y, meta=meta, **fields)
+        cov = structure_class(STRUCTURE_OF[method]).from_fields(fields)
+        return Posterior(loc=fields["loc"], cov=cov, family=method, layout=bound.layout, model=model,
+                         x=x, y=y, meta=meta)
 
     if method == "laplace":
         optimizer = options.get("optimizer", "adam-lbfgs")  # a name from OPTION_CHOICES, checked above
@@ -170,7 +171,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
             map_opts.update(bound_model=bound, batch_seed=seed)
             theta, report = find_map(bound, x, y, seed=seed, progress=progress,
                                      init_loc=None if init is None else init.loc.to(x.dtype), **map_opts)
-        fields, facts = laplace_fields(bound, x, y, theta, **curv_opts)
+        cov, facts = laplace_covariance(bound, x, y, theta, **curv_opts)
         meta["report"] = {k: report.get(k) for k in ("steps", "converged", "wall_time_s", "grad_norm_at_map", "elbo",
                                                      "batch_size", "optimizer", "lm")}
         meta["losses"] = report["losses"]
@@ -187,9 +188,7 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
                 "raise lbfgs_steps or num_steps, or use optimizer='lm'")
         if facts.get("repair"):
             meta["warnings"].append(f"Laplace precision was repaired: {facts['repair']}")
-        structure = "diag" if "scale" in fields else "precision"
-        return Posterior(structure=structure, family=method, layout=bound.layout, model=model, x=x, y=y,
-                         meta=meta, **fields)
+        return Posterior(loc=theta, cov=cov, family=method, layout=bound.layout, model=model, x=x, y=y, meta=meta)
 
     if init is not None:
         meta["warnings"].append("init was ignored: NUTS starts from its own initialisation and adaptation")
@@ -197,5 +196,5 @@ def fit(model: Callable, x: Any, y: Any, method: str = "fullrank", *, seed: int 
     meta["diagnostics"] = report["diagnostics"]
     meta["report"] = {"wall_time_s": report["wall_time_s"]}
     meta["warnings"].extend(report["warnings"])
-    return Posterior(loc=draws.mean(0), structure="empirical", samples=draws, family="nuts",
-                     layout=bound.layout, model=model, x=x, y=y, meta=meta)
+    return Posterior(loc=draws.mean(0), cov=Empirical(draws), family="nuts", layout=bound.layout, model=model,
+                     x=x, y=y, meta=meta)

@@ -25,8 +25,9 @@ Solvers (``solver=``), chosen by ``"auto"`` from the number of rows M of A and d
               (AᵀA + E)⁻¹ g = E⁻¹g − E⁻¹Aᵀ (I + A E⁻¹ Aᵀ)⁻¹ A E⁻¹ g     (an M × M solve, A held whole)
     "primal"  M ≥ d ≤ ``max_dense``: B accumulated as Σ_chunks AᵀA (A never held whole), Cholesky;
               memory O(d² + chunk · d), time O(M d²) per iteration
-    "cg"      matrix-free (inexact Gauss–Newton): conjugate gradients on v ↦ Pv + Jᵀ W J v + μDv with
-              forward- and reverse-mode products over chunks of the data (memory O(chunk · width)),
+    "cg"      matrix-free (inexact Gauss–Newton): conjugate gradients (``inference.linalg``) on
+              v ↦ Pv + Jᵀ W J v + μDv with forward- and reverse-mode products over chunks of the data
+              (memory O(chunk · width)),
               Jacobi-preconditioned by diag(B + μD) when the diagonal is known (streamed per-example
               Jacobians), warm-started from the previous step, stopped at ``cg_max_iter`` products or at
               relative residual ``cg_tol`` (with ``cg_forcing``, the Eisenstat–Walker-type forcing term
@@ -49,8 +50,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .curvature import _obs_params, ggn_diagonal, prior_curvature_diagonal, scale_depends_on_theta, whitened_jacobian
+from .curvature import observation_params, ggn_diagonal, prior_curvature_diagonal, scale_depends_on_theta, whitened_jacobian
 from .latent import BoundModel
+from .linalg import conjugate_gradient
 
 __all__ = ["NegLogJoint", "levenberg_marquardt", "ggn_lbfgs", "choose_solver", "LM_DEFAULTS", "DAMPINGS"]
 
@@ -128,7 +130,7 @@ class NegLogJoint:
         73 ms with 16384)."""
         self.rows(theta)
         step = max(1, int(self.gvp_chunk))
-        fns = [(_obs_params(self.bound, self.x[a:a + step])) for a in range(0, len(self.x), step)]
+        fns = [(observation_params(self.bound, self.x[a:a + step])) for a in range(0, len(self.x), step)]
 
         def gvp(v: torch.Tensor) -> torch.Tensor:
             out = torch.zeros_like(v)
@@ -138,37 +140,6 @@ class NegLogJoint:
                 out += vjp((dm / s**2, (2.0 * ds / s**2) if self.with_scale else torch.zeros_like(ds)))[0]
             return out
         return gvp
-
-
-def _cg(matvec, b: torch.Tensor, tol: float = 1e-8, max_iter: int = 500, x0: torch.Tensor | None = None,
-        precond: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """(Preconditioned) conjugate gradients for a symmetric positive definite operator, from ``x0`` (default
-    0), to ‖r‖ ≤ tol ‖b‖ or ``max_iter`` products; ``precond`` is the inverse of a diagonal preconditioner."""
-    if x0 is None:
-        x = torch.zeros_like(b)
-        r = b.clone()
-    else:
-        x = x0.clone()
-        r = b - matvec(x)
-    z = r if precond is None else precond * r
-    p = z.clone()
-    rz = float(r @ z)
-    stop = tol**2 * float(b @ b)
-    for k in range(max_iter):
-        if float(r @ r) <= stop or rz <= 0.0:
-            return x, k
-        Ap = matvec(p)
-        pAp = float(p @ Ap)
-        if pAp <= 0.0:
-            return x, k
-        alpha = rz / pAp
-        x += alpha * p
-        r -= alpha * Ap
-        z = r if precond is None else precond * r
-        rz_new = float(r @ z)
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-    return x, max_iter
 
 
 class _System:
@@ -223,8 +194,8 @@ class _System:
             self.cg_iters += 1
             if not q0 < 0.0:
                 x0 = None
-        step, k = _cg(matvec, -g, tol=self.cg_tol, max_iter=self.cg_max_iter, x0=x0, precond=pre)
-        self.cg_iters += k
+        step, facts = conjugate_gradient(matvec, -g, tol=self.cg_tol, max_iter=self.cg_max_iter, x0=x0, precond=pre)
+        self.cg_iters += facts["cg_iterations"]
         self.cg_x0 = step  # a re-solve with a larger μ (after a rejected step) starts here
         return step
 

@@ -14,33 +14,41 @@ Curvature choices (``curvature=``, ``structure=``):
              structure "full" | "diag" | "last-layer" (only the output layer is stochastic; the
              other weights stay at θ*, as in last-layer Laplace)
 
+One place computes curvature, :func:`curvature_term`: "the curvature of this data at θ in this
+structure's form" (dense [k, k] or diagonal [k], :data:`CURVATURE_FORMS`), with the prior for the
+Laplace precision Λ (:func:`laplace_covariance`) and without it for the forget set's H_f of the
+Laplace down-date (``unlearning.laplace``). The covariance class the ``structure=`` option names
+(:data:`LAPLACE_STRUCTURES`) builds itself from Λ with ``from_curvature``.
+
 The exact Hessian of a non-convex net can be indefinite at the fitted mode (seen here on a tanh
 BNN, and Pyro issue #3182, where ``laplace_approximation()`` fails in Cholesky). This is never
 repaired silently: :class:`NotPositiveDefiniteError` reports the smallest eigenvalue and the count
 of non-positive ones; ``repair="clip"`` (eigenvalues raised to ``floor``) or ``repair="damp"``
-(Λ + δI with the least δ from a doubling sequence that makes it PD) fixes it and records so in
-``meta['repair']``.
+(Λ + δI) fixes it and records so in ``meta['curvature']['repair']``
+(:mod:`inference.covariance.repair`, re-exported here).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import pyro
 import torch
 from pyro.infer.autoguide import AutoLaplaceApproximation
 from pyro.infer.autoguide.initialization import init_to_value
 
-from .curvature import ggn, ggn_diagonal, hessian, prior_curvature, prior_curvature_diagonal
+from .covariance import (Covariance, Diag, NotPositiveDefiniteError, Precision, check_and_repair_diagonal,
+                         check_and_repair_precision)
+from .covariance.kron import Kron
+from .curvature import (ggn, ggn_diagonal, hessian, hessian_diagonal, kfac_curvature_term, prior_curvature,
+                        prior_curvature_diagonal)
 from .latent import BoundModel
 from .svi import optimise_elbo
 
-__all__ = ["NotPositiveDefiniteError", "find_map", "find_map_lm", "prior_draw", "laplace_fields",
-           "check_and_repair_precision", "check_and_repair_diagonal", "lbfgs_maximise"]
-
-
-class NotPositiveDefiniteError(ValueError):
-    """A precision matrix that should be positive definite is not."""
+__all__ = ["NotPositiveDefiniteError", "find_map", "find_map_lm", "prior_draw", "laplace_covariance", "curvature_term",
+           "CURVATURE_FORMS", "LAPLACE_STRUCTURES", "check_and_repair_precision", "check_and_repair_diagonal",
+           "lbfgs_maximise", "lbfgs_rounds", "example_gradient_norms", "median_example_gradient_norm"]
 
 
 def find_map(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, num_steps: int = 3000,
@@ -193,73 +201,78 @@ def lbfgs_maximise(objective, theta: torch.Tensor, max_iter: int = 200) -> torch
     return theta.detach()
 
 
-def check_and_repair_diagonal(d: torch.Tensor, repair: str | None = None, floor: float | None = None,
-                              what: str = "diagonal precision") -> tuple[torch.Tensor, dict]:
-    """The diagonal-precision twin of :func:`check_and_repair_precision` (only 'clip' applies)."""
-    facts = {"min_eigenvalue": float(d.min()), "max_eigenvalue": float(d.max()),
-             "num_nonpositive": int((d <= 0).sum()), "repair": None}
-    if facts["num_nonpositive"] == 0:
-        return d, facts
-    if repair is None:
-        raise NotPositiveDefiniteError(
-            f"the {what} has {facts['num_nonpositive']} of {len(d)} entries <= 0 (smallest eigenvalue "
-            f"{facts['min_eigenvalue']:.4g}); pass repair='clip' to raise them to a floor, or use curvature='ggn'")
-    if repair not in ("clip", "damp"):
-        raise ValueError(f"repair must be None, 'clip' or 'damp', got {repair!r}")
-    floor = float(floor) if floor is not None else 1e-6 * float(d.abs().max())
-    facts["repair"] = {"kind": "clip", "floor": floor, "num_clipped": int((d < floor).sum())}
-    return d.clamp_min(floor), facts
+#: the Laplace fit's ``structure=`` option -> the covariance class that holds its Λ (the class's
+#: ``curvature_form`` says in which form :func:`curvature_term` computes it); "last-layer" is a dense Λ over
+#: the last layer's coordinates only; "kron" the Kronecker-factored GGN of a BayesianMLP (KFAC)
+LAPLACE_STRUCTURES: dict[str, type[Covariance]] = {"full": Precision, "diag": Diag, "last-layer": Precision,
+                                                   "kron": Kron}
 
 
-def check_and_repair_precision(prec: torch.Tensor, repair: str | None = None, floor: float | None = None,
-                               what: str = "precision") -> tuple[torch.Tensor, dict]:
-    """Check Λ is positive definite; repair only when asked. Returns (Λ, facts)."""
-    if repair not in (None, "clip", "damp"):
-        raise ValueError(f"repair must be None, 'clip' or 'damp', got {repair!r}")
-    prec = 0.5 * (prec + prec.T)
-    ev = torch.linalg.eigvalsh(prec.to(torch.float64))  # eigenvalues only: 2-3x cheaper than eigh
-    facts = {"min_eigenvalue": float(ev.min()), "max_eigenvalue": float(ev.max()),
-             "num_nonpositive": int((ev <= 0).sum()), "repair": None}
-    if facts["num_nonpositive"] == 0 and torch.linalg.cholesky_ex(prec)[1] == 0:
-        return prec, facts
-    if repair is None:
-        raise NotPositiveDefiniteError(
-            f"the {what} is not positive definite: smallest eigenvalue {facts['min_eigenvalue']:.4g}, "
-            f"{facts['num_nonpositive']} of {len(ev)} eigenvalues <= 0. Pass repair='clip' (raise them to a "
-            "floor) or repair='damp' (add δI), or use curvature='ggn', which is PSD by construction")
-    floor = float(floor) if floor is not None else 1e-6 * float(ev.abs().max())
-    if repair == "clip":
-        ev, V = torch.linalg.eigh(prec.to(torch.float64))
-        ev_new = ev.clamp_min(floor)
-        out = (V * ev_new) @ V.T
-        facts["repair"] = {"kind": "clip", "floor": floor, "num_clipped": int((ev < floor).sum())}
+def _dense_curvature(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, curvature: str,
+                     index: torch.Tensor | None, prior: bool) -> torch.Tensor:
+    """[k, k]: −∇² of the log likelihood (+ log prior) by autodiff, or the GGN (+ the prior's curvature)."""
+    if curvature == "exact":
+        f = (lambda t: bound.log_joint(t, x, y)) if prior else (lambda t: bound.log_likelihood(t, x, y).sum())
+        H = -hessian(f, theta)
+        return H if index is None else H[index][:, index]
+    G = ggn(bound, x, theta, index)
+    return prior_curvature(bound, x, theta, index) + G if prior else G
+
+
+def _diagonal_curvature(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, curvature: str,
+                        index: torch.Tensor | None, prior: bool) -> torch.Tensor:
+    """[k]: the diagonal, never the d × d matrix -- the streamed GGN diagonal (+ the prior's), or the exact
+    Hessian diagonal from blocked Hessian-vector products."""
+    if curvature == "exact":
+        f = (lambda t: bound.log_joint(t, x, y)) if prior else (lambda t: bound.log_likelihood(t, x, y).sum())
+        d = -hessian_diagonal(f, theta)
     else:
-        delta = max(floor, -float(ev.min()) + floor)
-        out = prec + delta * torch.eye(len(ev), dtype=prec.dtype)
-        facts["repair"] = {"kind": "damp", "delta": delta}
-    return 0.5 * (out + out.T), facts
+        d = ggn_diagonal(bound, x, theta)
+        if prior:
+            d = prior_curvature_diagonal(bound, x, theta) + d
+    return d if index is None else d[index]
 
 
-def laplace_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, *,
-                   curvature: str = "exact", structure: str = "full", subset: list[str] | None = None,
-                   repair: str | None = None, floor: float | None = None) -> tuple[dict, dict]:
-    """Posterior fields of N(θ*, Λ⁻¹) for the chosen curvature/structure, plus facts for ``meta``."""
-    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+#: curvature form (a covariance class's ``curvature_form``) -> how :func:`curvature_term` computes it
+CURVATURE_FORMS: dict[str, Callable] = {
+    "dense": _dense_curvature, "diag": _diagonal_curvature,
+    "kron": lambda bound, x, y, theta, curvature, index, prior: kfac_curvature_term(
+        bound, x, theta, curvature=curvature, index=index, prior=prior)}
+
+
+def curvature_term(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, *, form: str,
+                   curvature: str = "ggn", index: torch.Tensor | None = None, prior: bool = False) -> Any:
+    """The curvature of the data (x, y) at θ in a covariance structure's form: the one place that builds
+    both the Laplace precision (``prior=True``: Λ = −∇² log p̃(θ, D), or −∇² log p̃(θ) + G(θ)) and the
+    forget set's term of a down-date (``prior=False``: H_f = −∇² log p(D_f | θ), or G_f(θ)).
+
+    ``curvature``: "exact" (autodiff Hessian) or "ggn" (generalised Gauss-Newton, PSD; :mod:`inference.curvature`).
+    ``form``: "dense" ([k, k]) or "diag" ([k]), as in :data:`CURVATURE_FORMS` (a new structure adds its form
+    there). ``index``: the active coordinates (None: all). Computed in float64."""
+    try:
+        build = CURVATURE_FORMS[form]
+    except KeyError:
+        raise ValueError(f"no curvature in form {form!r}; known forms: {sorted(CURVATURE_FORMS)}") from None
     if curvature not in ("exact", "ggn"):
         raise ValueError(f"curvature must be 'exact' or 'ggn', got {curvature!r}")
-    if structure not in ("full", "diag", "last-layer"):
-        raise ValueError(f"structure must be 'full', 'diag' or 'last-layer', got {structure!r}")
+    x64, y64, t64 = x.to(torch.float64), y.to(torch.float64), theta.detach().to(torch.float64)
+    return build(bound, x64, y64, t64, curvature, index, prior)
+
+
+def laplace_covariance(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, *,
+                       curvature: str = "exact", structure: str = "full", subset: list[str] | None = None,
+                       repair: str | None = None, floor: float | None = None) -> tuple[Covariance, dict]:
+    """The covariance of N(θ*, Λ⁻¹) for the chosen curvature/structure (checked, repaired only on request),
+    plus facts for ``meta``."""
+    if curvature not in ("exact", "ggn"):
+        raise ValueError(f"curvature must be 'exact' or 'ggn', got {curvature!r}")
+    if structure not in LAPLACE_STRUCTURES:
+        raise ValueError(f"structure must be one of {', '.join(map(repr, LAPLACE_STRUCTURES))}, got {structure!r}")
     if curvature == "exact" and structure != "full":
         raise ValueError("curvature='exact' supports structure='full' only; use curvature='ggn' for "
-                         "'diag' or 'last-layer'")
+                         "'diag', 'last-layer' or 'kron'")
     t0 = time.perf_counter()
     facts: dict = {"curvature": curvature, "structure": structure}
-    if structure == "diag":
-        d = prior_curvature_diagonal(bound, x64, theta) + ggn_diagonal(bound, x64, theta)
-        d, pd = check_and_repair_diagonal(d, repair, floor)
-        facts.update(pd)
-        facts["curvature_time_s"] = time.perf_counter() - t0
-        return {"loc": theta, "scale": d.rsqrt()}, facts
     index = None
     if structure == "last-layer":
         names = subset or list(getattr(bound.model, "last_layer_sites", ()) or ())
@@ -273,17 +286,12 @@ def laplace_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: t
         sl = bound.layout.slices()
         index = torch.cat([torch.arange(sl[n].start, sl[n].stop) for n in names])
         facts["subset"] = list(names)
-    if curvature == "exact":
-        prec = -hessian(lambda t: bound.log_joint(t, x64, y64), theta)
-    else:
-        prec = prior_curvature(bound, x64, theta, index) + ggn(bound, x64, theta, index)
-    prec, pd = check_and_repair_precision(prec, repair, floor)
+    cls = LAPLACE_STRUCTURES[structure]
+    prec = curvature_term(bound, x, y, theta, form=cls.curvature_form, curvature=curvature, index=index, prior=True)
+    cov, pd = cls.from_curvature(prec, active=index, repair=repair, floor=floor)
     facts.update(pd)
     facts["curvature_time_s"] = time.perf_counter() - t0
-    fields = {"loc": theta, "precision": prec}
-    if index is not None:
-        fields["active"] = index
-    return fields, facts
+    return cov, facts
 
 
 def example_gradient_norms(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor,

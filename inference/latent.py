@@ -252,7 +252,11 @@ class BoundModel:
         with pyro.validation_enabled(False):
             return poutine.trace(poutine.condition(self.model, data=values)).get_trace(x, y)
 
-    def _obs_log_prob(self, tr: poutine.Trace) -> torch.Tensor:
+    def obs_log_prob(self, tr: poutine.Trace) -> torch.Tensor:
+        """ℓ_i(θ) = log p(y_i | x_i, θ) of each data point, read from a trace of :meth:`trace`: shape [N].
+
+        The observed site's log density (times its mask, if any), every batch dim other than the
+        ``data`` plate's summed out."""
         site = tr.nodes[self.obs_name]
         lp = site["fn"].log_prob(site["value"])
         if site.get("mask") is not None:
@@ -262,33 +266,38 @@ class BoundModel:
         lp = lp.movedim(pdim, 0)
         return lp.reshape(lp.shape[0], -1).sum(-1)
 
-    def log_likelihood(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-point log-likelihood ℓ_i(θ): shape [N] for θ [d], [S, N] for θ [S, d]."""
-        if theta.dim() == 2:
-            return self._batched(lambda t: self.log_likelihood(t, x, y), theta)
-        return self._obs_log_prob(self.trace(theta, x, y))
-
-    def log_prior(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p̃(θ): prior density of θ in unconstrained space (including the Jacobian term)."""
-        if theta.dim() == 2:
-            return self._batched(lambda t: self.log_prior(t, x), theta)
-        tr = self.trace(theta, x, torch.zeros(len(x), dtype=x.dtype))  # a dummy y: nothing is sampled
+    def prior_log_prob(self, tr: poutine.Trace, theta: torch.Tensor) -> torch.Tensor:
+        """log p̃(θ) = Σ_sites log p(T(θ_s)) + log|det ∂T/∂θ_s|, read from a trace of :meth:`trace` at θ [d]
+        (scalar): the prior density in unconstrained space, Jacobian included."""
         total = theta.new_zeros(())
         for name in self.layout.names:
             site = tr.nodes[name]
             total = total + site["fn"].log_prob(site["value"]).sum()
         return total + self.layout.log_abs_det_jacobian(theta)
 
-    def log_joint(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p̃(θ) + Σ_i ℓ_i(θ) (scalar for θ [d])."""
+    def log_likelihood(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-point log-likelihood ℓ_i(θ): shape [N] for θ [d], [S, N] for θ [S, d]."""
         if theta.dim() == 2:
-            return self._batched(lambda t: self.log_joint(t, x, y), theta)
+            return self._batched(lambda t: self.log_likelihood(t, x, y), theta)
+        return self.obs_log_prob(self.trace(theta, x, y))
+
+    def log_prior(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p̃(θ): prior density of θ in unconstrained space (including the Jacobian term)."""
+        if theta.dim() == 2:
+            return self._batched(lambda t: self.log_prior(t, x), theta)
+        tr = self.trace(theta, x, torch.zeros(len(x), dtype=x.dtype))  # a dummy y: nothing is sampled
+        return self.prior_log_prob(tr, theta)
+
+    def log_joint(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """log p̃(θ) + scale · Σ_i ℓ_i(θ) from one trace (scalar for θ [d], [S] for θ [S, d]).
+
+        ``scale`` = 1 is the log joint log p̃(θ, D); ``scale`` = N/B on a minibatch of B of the N points
+        is its unbiased minibatch estimate (``inference.svi``)."""
+        if theta.dim() == 2:
+            return self._batched(lambda t: self.log_joint(t, x, y, scale), theta)
         tr = self.trace(theta, x, y)
-        total = theta.new_zeros(())
-        for name in self.layout.names:
-            site = tr.nodes[name]
-            total = total + site["fn"].log_prob(site["value"]).sum()
-        return total + self.layout.log_abs_det_jacobian(theta) + self._obs_log_prob(tr).sum()
+        obs = self.obs_log_prob(tr).sum()
+        return self.prior_log_prob(tr, theta) + (obs if scale == 1.0 else scale * obs)
 
     def observation(self, theta: torch.Tensor, x: torch.Tensor) -> torch.distributions.Distribution:
         """The distribution of the observed site given θ at inputs x (y is not sampled)."""

@@ -3,15 +3,18 @@
 Every inference and unlearning method returns a ``Posterior`` over θ ∈ ℝ^d, the model's latent
 sites in unconstrained space (see :mod:`inference.latent`). It is either Gaussian,
 
-    q(θ) = N(μ, Σ),  with Σ held in one of the structures
-      "diag"      Σ = diag(s²)                              (mean-field SVI, diagonal GGN)
-      "lowrank"   Σ = F Fᵀ + diag(c)                        (low-rank SVI)
-      "full"      Σ = L Lᵀ, L lower triangular               (full-rank SVI)
-      "precision" Σ = Λ⁻¹                                     (Laplace: Λ = -∇² log p̃(θ*, D))
+    q(θ) = N(μ, Σ),  with Σ held by one covariance object (``cov``, :mod:`inference.covariance`)
+      Diag       "diag"      Σ = diag(s²)                     (mean-field SVI, diagonal GGN)
+      LowRank    "lowrank"   Σ = F Fᵀ + diag(c)               (low-rank SVI)
+      Full       "full"      Σ = L Lᵀ, L lower triangular      (full-rank SVI)
+      Precision  "precision" Σ = Λ⁻¹                            (Laplace: Λ = -∇² log p̃(θ*, D))
 
-optionally restricted to a subset of coordinates (``active``; the rest are point masses at μ, as
-in last-layer Laplace), or "empirical": S draws θ_s with self-normalised log-weights (NUTS,
-importance reweighting), whose mean and covariance are the weighted moments.
+optionally restricted to a subset of coordinates (the covariance's ``active``; the rest are point
+masses at μ, as in last-layer Laplace), or ``Empirical`` ("empirical"): S draws θ_s with
+self-normalised log-weights (NUTS, importance reweighting), whose mean and covariance are the
+weighted moments. The structure-specific maths (sampling, densities, Σv, Λv, diag(JΣJᵀ), the Laplace
+down-date) lives in the covariance classes; this class scatters their active coordinates into ℝ^d and
+writes files.
 
 It is immutable: methods return new objects and never modify the tensors they hold. It keeps a
 reference to the model and the training data it was fitted on (needed to re-run the same inference
@@ -28,8 +31,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
+from torch.distributions import Distribution
 
+from .covariance import STRUCTURES, Covariance, structure_class
 from .latent import BoundModel, LatentLayout
 
 __all__ = ["Posterior", "STRUCTURES", "PosteriorFileError"]
@@ -52,12 +56,6 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
-STRUCTURES = ("diag", "lowrank", "full", "precision", "empirical")
-_TENSOR_FIELDS = ("loc", "scale", "cov_factor", "cov_diag", "scale_tril", "precision", "samples",
-                  "log_weights", "active")
-_REQUIRED = {"diag": ("scale",), "lowrank": ("cov_factor", "cov_diag"), "full": ("scale_tril",),
-             "precision": ("precision",), "empirical": ("samples",)}
-
 
 @dataclass(frozen=True, eq=False)
 class Posterior:
@@ -65,53 +63,56 @@ class Posterior:
 
     Attributes
     ----------
-    loc : [d] mean (for "empirical", the weighted sample mean).
-    structure : one of ``STRUCTURES``.
+    loc : [d] mean (for weighted draws, their weighted mean).
+    cov : the covariance, a :class:`~inference.covariance.Covariance` (``Diag``, ``LowRank``, ``Full``,
+        ``Precision``, ``Empirical``), over its ``active`` coordinates when it has them.
     layout : how θ splits into the model's latent sites.
     family : the inference family that produced it (e.g. "fullrank", "laplace", "nuts").
-    scale, cov_factor, cov_diag, scale_tril, precision : the covariance, by structure; these are
-        over the ``active`` coordinates only when ``active`` is given.
-    samples, log_weights : draws [S, d] and their log-weights [S] for "empirical".
-    active : optional long tensor of the coordinates that carry uncertainty.
     model : the Pyro model (not written to files; rebuilt from ``meta['model']`` for built-ins).
     x, y : the training data the posterior conditions on.
     meta : JSON-able facts: how it was fitted (``meta['fit']``), diagnostics, warnings.
+
+    ``structure`` (the covariance's name), ``active`` and the covariance's tensors by name (``scale``,
+    ``cov_factor``, ``cov_diag``, ``scale_tril``, ``precision``, ``samples``, ``log_weights``: None when the
+    structure has no such tensor) are read-only properties.
     """
 
     loc: torch.Tensor
-    structure: str
+    cov: Covariance
     layout: LatentLayout
     family: str
-    scale: torch.Tensor | None = None
-    cov_factor: torch.Tensor | None = None
-    cov_diag: torch.Tensor | None = None
-    scale_tril: torch.Tensor | None = None
-    precision: torch.Tensor | None = None
-    samples: torch.Tensor | None = None
-    log_weights: torch.Tensor | None = None
-    active: torch.Tensor | None = None
     model: Callable | None = field(default=None, repr=False)
     x: torch.Tensor | None = field(default=None, repr=False)
     y: torch.Tensor | None = field(default=None, repr=False)
     meta: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
-        for name in _REQUIRED[self.structure]:
-            if getattr(self, name) is None:
-                raise ValueError(f"a {self.structure!r} posterior needs {name!r}")
+        if not isinstance(self.cov, Covariance):
+            raise TypeError(f"cov must be a Covariance (one of {sorted(STRUCTURES)}, from inference.covariance), "
+                            f"got {type(self.cov).__name__}")
         if self.loc.dim() != 1 or self.loc.shape[0] != self.layout.dim:
             raise ValueError(f"loc must have shape [{self.layout.dim}], got {tuple(self.loc.shape)}")
-        for name in _TENSOR_FIELDS:
-            t = getattr(self, name)
-            if t is not None and name != "active" and not torch.isfinite(t).all():
-                raise ValueError(f"posterior {name} contains NaN or inf")
-        if self.structure == "empirical" and self.log_weights is not None:
-            if self.log_weights.shape != self.samples.shape[:1]:
-                raise ValueError("log_weights must have one entry per sample")
+        if not torch.isfinite(self.loc).all():
+            raise ValueError("posterior loc contains NaN or inf")
+        active = self.cov.active
+        if active is None and self.cov.size != self.dim:
+            raise ValueError(f"the covariance is over {self.cov.size} coordinates but θ has {self.dim}; give the "
+                             "covariance active= coordinates for a subset")
+        if active is not None and len(active) and not (0 <= int(active.min()) and int(active.max()) < self.dim):
+            raise ValueError(f"active coordinates must lie in [0, {self.dim}), got {int(active.min())}.."
+                             f"{int(active.max())}")
 
     # -- basic facts -----------------------------------------------------------------------------
+    @property
+    def structure(self) -> str:
+        """The covariance structure's name (as in files and reports)."""
+        return self.cov.name
+
+    @property
+    def active(self) -> torch.Tensor | None:
+        """The coordinates that carry uncertainty (None: all of them)."""
+        return self.cov.active
+
     @property
     def dim(self) -> int:
         return self.layout.dim
@@ -120,27 +121,41 @@ class Posterior:
     def mean(self) -> torch.Tensor:
         return self.loc
 
-    @property
-    def _k(self) -> int:
-        return self.dim if self.active is None else len(self.active)
+    def cov_tensor(self, name: str) -> torch.Tensor | None:
+        """The covariance's tensor ``name`` (see its class's ``tensor_fields``), None when it has no such one."""
+        return self.cov.fields().get(name)
 
-    def _active_cov(self) -> torch.Tensor:
-        s = self.structure
-        if s == "diag":
-            return torch.diag(self.scale**2)
-        if s == "lowrank":
-            return self.cov_factor @ self.cov_factor.T + torch.diag(self.cov_diag)
-        if s == "full":
-            return self.scale_tril @ self.scale_tril.T
-        if s == "precision":
-            return torch.cholesky_inverse(_safe_cholesky(self.precision))
-        w = self.weights()
-        c = self.samples - self.loc
-        return (c * w[:, None]).T @ c
+    scale = property(lambda self: self.cov_tensor("scale"), doc="Diag: the marginal stds [k], else None.")
+    cov_factor = property(lambda self: self.cov_tensor("cov_factor"), doc="LowRank: F [k, r], else None.")
+    cov_diag = property(lambda self: self.cov_tensor("cov_diag"), doc="LowRank: c [k], else None.")
+    scale_tril = property(lambda self: self.cov_tensor("scale_tril"), doc="Full: L [k, k], else None.")
+    precision = property(lambda self: self.cov_tensor("precision"), doc="Precision: Λ [k, k], else None.")
+    samples = property(lambda self: self.cov_tensor("samples"), doc="Empirical: draws [S, k], else None.")
+    log_weights = property(lambda self: self.cov_tensor("log_weights"), doc="Empirical: log-weights [S] or None.")
+
+    @property
+    def active_loc(self) -> torch.Tensor:
+        """μ over the active coordinates [k]."""
+        return self.loc if self.active is None else self.loc[self.active]
+
+    def _embed(self, draws: torch.Tensor) -> torch.Tensor:
+        """[n, k] draws of the active coordinates placed into the mean: [n, d]."""
+        if self.active is None:
+            return draws
+        out = self.loc.expand(len(draws), self.dim).clone()
+        out[:, self.active] = draws
+        return out
+
+    def _scatter(self, v: torch.Tensor) -> torch.Tensor:
+        if self.active is None:
+            return v
+        full = self.loc.new_zeros(self.dim)
+        full[self.active] = v
+        return full
 
     def covariance(self) -> torch.Tensor:
         """Dense [d, d] covariance (zeros outside ``active``)."""
-        cov = self._active_cov()
+        cov = self.cov.dense()
         if self.active is None:
             return cov
         full = self.loc.new_zeros(self.dim, self.dim)
@@ -148,58 +163,27 @@ class Posterior:
         return full
 
     def variance(self) -> torch.Tensor:
-        """Marginal variances [d] (cheap for every structure except "precision")."""
-        s = self.structure
-        if s == "diag":
-            v = self.scale**2
-        elif s == "lowrank":
-            v = self.cov_factor.pow(2).sum(-1) + self.cov_diag
-        elif s == "full":
-            v = self.scale_tril.pow(2).sum(-1)
-        elif s == "precision":
-            v = torch.diagonal(self._active_cov())
-        else:
-            w = self.weights()
-            v = (w[:, None] * (self.samples - self.loc) ** 2).sum(0)
-        if self.active is None:
-            return v
-        full = self.loc.new_zeros(self.dim)
-        full[self.active] = v
-        return full
+        """Marginal variances [d] (zeros outside ``active``)."""
+        return self._scatter(self.cov.variance())
 
     def weights(self) -> torch.Tensor:
-        """Self-normalised weights of an "empirical" posterior (uniform when no log_weights)."""
-        if self.structure != "empirical":
-            raise ValueError("weights() is defined for empirical posteriors only")
-        if self.log_weights is None:
-            return torch.full((len(self.samples),), 1.0 / len(self.samples), dtype=self.samples.dtype)
-        return torch.softmax(self.log_weights, dim=0)
+        """Self-normalised weights of a posterior of draws (uniform when it has no log_weights)."""
+        if self.cov.gaussian:
+            raise ValueError(f"weights() is defined for posteriors of weighted draws only, not a {self.structure!r} "
+                             "one")
+        return self.cov.weights()
 
     # -- distributions ---------------------------------------------------------------------------
-    def _active_distribution(self) -> Distribution:
-        loc = self.loc if self.active is None else self.loc[self.active]
-        s = self.structure
-        if s == "diag":
-            return Independent(Normal(loc, self.scale), 1)
-        if s == "lowrank":
-            return LowRankMultivariateNormal(loc, self.cov_factor, self.cov_diag)
-        if s == "full":
-            return MultivariateNormal(loc, scale_tril=self.scale_tril)
-        if s == "precision":
-            return MultivariateNormal(loc, scale_tril=_precision_to_scale_tril(self.precision))
-        return MultivariateNormal(loc, covariance_matrix=self._active_cov()
-                                  + 1e-9 * torch.eye(len(loc), dtype=loc.dtype))
-
     def to_distribution(self) -> Distribution:
-        """A torch ``Distribution`` over θ (Gaussian; "empirical" is moment-matched; requires no ``active``)."""
+        """A torch ``Distribution`` over θ (Gaussian; draws are moment-matched; requires no ``active``)."""
         if self.active is not None:
             raise ValueError("a posterior restricted to `active` coordinates is degenerate in the others; "
                              "use to_active_distribution() for the non-degenerate part")
-        return self._active_distribution()
+        return self.cov.to_distribution(self.loc)
 
     def to_active_distribution(self) -> Distribution:
         """The Gaussian over the ``active`` coordinates (all coordinates when ``active`` is None)."""
-        return self._active_distribution()
+        return self.cov.to_distribution(self.active_loc)
 
     def sample(self, num_samples: int, seed: int | None = 0) -> torch.Tensor:
         """Draws θ of shape [num_samples, d]; deterministic for a given seed (global RNG untouched)."""
@@ -208,22 +192,21 @@ class Posterior:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            if self.structure == "empirical":
-                idx = torch.multinomial(self.weights(), num_samples, replacement=True)
-                return self.samples[idx].clone()
-            draws = self._active_distribution().sample((num_samples,))
-        if self.active is None:
-            return draws
-        out = self.loc.expand(num_samples, self.dim).clone()
-        out[:, self.active] = draws
-        return out
+            draws = self.cov.draw(self.active_loc, num_samples)
+        return self._embed(draws)
+
+    def draws(self, num_samples: int, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(θ [S, d], weights [S] or None): a posterior of draws gives its own draws and weights
+        (``num_samples`` and ``seed`` are not used); a Gaussian gives ``num_samples`` i.i.d. draws with
+        ``seed`` and None (equal weights)."""
+        if self.cov.gaussian:
+            return self.sample(num_samples, seed), None
+        return self._embed(self.cov.samples), self.cov.weights()
 
     def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
         """log q(θ) for θ [..., d] (Gaussian structures; on ``active`` coordinates if restricted)."""
-        if self.structure == "empirical":
-            raise ValueError("an empirical posterior has no density; use to_distribution() for its Gaussian fit")
         t = theta if self.active is None else theta[..., self.active]
-        return self._active_distribution().log_prob(t)
+        return self.cov.log_prob(t - self.active_loc)
 
     def sample_sites(self, num_samples: int, seed: int | None = 0) -> dict[str, torch.Tensor]:
         """Draws of every latent site in constrained space: {name: [num_samples, *shape]}."""
@@ -235,7 +218,18 @@ class Posterior:
         return BoundModel(self.model, self.x, self.y)
 
     def replace(self, **changes) -> "Posterior":
-        """A copy with some fields changed (the original is untouched)."""
+        """A copy with some fields changed (the original is untouched). Besides the dataclass fields, the
+        covariance's tensors (e.g. ``precision=``) and ``active=`` may be given: the covariance is rebuilt."""
+        cls = type(self.cov)
+        names = set(cls.tensor_fields) | {"active"}
+        cov_changes = {k: changes.pop(k) for k in list(changes) if k in names}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"replace() got {sorted(unknown)}, which a {self.structure!r} posterior does not have; "
+                            "pass cov= to change the structure")
+        if cov_changes:
+            tensors = {**self.cov.fields(), **{k: v for k, v in cov_changes.items() if k != "active"}}
+            changes["cov"] = cls.from_fields(tensors, active=cov_changes.get("active", self.active))
         return dataclasses.replace(self, **changes)
 
     # -- files -----------------------------------------------------------------------------------
@@ -243,7 +237,9 @@ class Posterior:
         """Write to ``path`` (safetensors: tensors + JSON metadata; no pickle)."""
         from safetensors.torch import save_file
 
-        tensors = {n: getattr(self, n).contiguous() for n in _TENSOR_FIELDS if getattr(self, n) is not None}
+        tensors = {"loc": self.loc.contiguous(), **{n: t.contiguous() for n, t in self.cov.fields().items()}}
+        if self.active is not None:
+            tensors["active"] = self.active.contiguous()
         if include_data and self.x is not None:
             tensors["x"] = self.x.contiguous()
             if self.y is not None:
@@ -309,37 +305,13 @@ class Posterior:
                         f"{[(d['name'], d['shape']) for d in layout.to_json()]}, but the given model has "
                         f"{[(d['name'], d['shape']) for d in given_layout.to_json()]}; pass the model it was fitted with")
         x, y = tensors.pop("x", None), tensors.pop("y", None)
-        return cls(structure=header["structure"], family=header["family"], layout=layout, model=model, x=x, y=y,
-                   meta=header["meta"], **tensors)
+        try:
+            cov = structure_class(header["structure"]).from_fields(tensors, active=tensors.get("active"))
+        except ValueError as e:
+            raise PosteriorFileError(f"{path} holds no valid covariance: {e}") from e
+        return cls(loc=tensors["loc"], cov=cov, family=header["family"], layout=layout, model=model, x=x, y=y,
+                   meta=header["meta"])
 
     def __repr__(self) -> str:
         return (f"Posterior(family={self.family!r}, structure={self.structure!r}, dim={self.dim}, "
                 f"sites={self.layout.names})")
-
-
-def _safe_cholesky(m: torch.Tensor) -> torch.Tensor:
-    L, info = torch.linalg.cholesky_ex(m)
-    if int(info) != 0:
-        ev = torch.linalg.eigvalsh(m.double())
-        raise ValueError(f"matrix is not positive definite (smallest eigenvalue {float(ev.min()):.3g}); "
-                         "repair it explicitly (e.g. repair='clip') before use")
-    return L
-
-
-def _precision_to_scale_tril(prec: torch.Tensor) -> torch.Tensor:
-    """Lower-triangular L with L Lᵀ = Λ⁻¹ (via the flipped Cholesky factor, as in torch)."""
-    Lf = _safe_cholesky(torch.flip(prec, (-2, -1)))
-    L_inv = torch.transpose(torch.flip(Lf, (-2, -1)), -2, -1)
-    eye = torch.eye(prec.shape[-1], dtype=prec.dtype)
-    return torch.linalg.solve_triangular(L_inv, eye, upper=False)
-
-
-def gaussian_from_moments(mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, scale_tril) of a Gaussian, adding the least jitter that makes cov factorise."""
-    eye = torch.eye(len(mean), dtype=cov.dtype)
-    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4):
-        L, info = torch.linalg.cholesky_ex(cov + jitter * eye * max(1.0, float(cov.diagonal().mean())))
-        if int(info) == 0:
-            return mean, L
-    raise ValueError("covariance is not positive definite even with jitter")
-

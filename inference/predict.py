@@ -15,9 +15,11 @@ conforming user model works.
 
     E[y | x] = m(x, μ),   Var[y | x] = v(x, μ) + J(x) Σ J(x)ᵀ,
 
-deterministic (no draws). It is the predictive the GGN Laplace approximation is built for:
-sampling weights of a whole-net Laplace posterior and pushing them through the net underfits badly
-(the GGN constrains only the directions the data see; the prior fills the rest).
+deterministic (no draws); diag(J Σ Jᵀ) is computed in the covariance's own structure
+(``Covariance.jacobian_quadratic``), never from a dense Σ (d = 91k parameters would need 66 GB). It is
+the predictive the GGN Laplace approximation is built for: sampling weights of a whole-net Laplace
+posterior and pushing them through the net underfits badly (the GGN constrains only the directions
+the data see; the prior fills the rest).
 """
 
 from __future__ import annotations
@@ -76,10 +78,8 @@ def predict(posterior: Posterior, x: Any, num_samples: int = 200, seed: int = 0,
              else BoundModel(posterior.model, x, torch.zeros(len(x), dtype=x.dtype)))
     if linearised:
         return _linearised(posterior, bound, x)
-    if posterior.structure == "empirical":
-        theta, w = posterior.samples, posterior.weights()
-    else:
-        theta = posterior.sample(num_samples, seed=seed)
+    theta, w = posterior.draws(num_samples, seed=seed)  # weighted draws as they are, else i.i.d. draws
+    if w is None:
         w = torch.full((num_samples,), 1.0 / num_samples, dtype=theta.dtype)
     with torch.no_grad():
         m, v = bound.predictive_moments(theta.to(x.dtype), x)
@@ -94,48 +94,9 @@ def _linearised(posterior: Posterior, bound, x: torch.Tensor) -> Prediction:
     mu, x64 = posterior.loc.double(), x.double()
     with torch.no_grad():
         m, v = bound.predictive_moments(mu, x64)
-    parts = []
-    for a in range(0, len(x64), _CHUNK):  # J in chunks of rows: memory O(chunk · d)
-        J = _mean_jacobian(bound, x64[a:a + _CHUNK], mu).detach()
-        if posterior.active is not None:  # only the active coordinates carry uncertainty
-            J = J[:, posterior.active]
-        parts.append(_diag_j_cov_jt(posterior, J))
-    epi = torch.cat(parts).clamp_min(0)
+    # diag(J Σ Jᵀ) in the covariance's own structure (Σ never dense; KFAC never forms J either)
+    epi = posterior.cov.linearised_variance(bound, x64, mu).clamp_min(0)
     var = v.detach() + epi
     return Prediction(mean=m.detach(), std=var.sqrt(), epistemic_std=epi.sqrt(), means=m.detach()[None],
                       variances=var[None], weights=torch.ones(1, dtype=m.dtype))
 
-
-_CHUNK = 1024
-
-
-def _mean_jacobian(bound, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """∂m(x_i, θ)/∂θ at μ, [N, d]: per-example gradients (O(N d)) for a Normal observation, else the
-    ``jacrev`` of the batched mean (O(N² d), so only ever called on chunks)."""
-    from .curvature import per_example_jacobians
-
-    try:
-        return per_example_jacobians(bound, x, mu, with_scale=False)[0]
-    except NotImplementedError:
-        return torch.func.jacrev(lambda t: bound.predictive_moments(t, x)[0])(mu)
-
-
-def _diag_j_cov_jt(posterior: Posterior, J: torch.Tensor) -> torch.Tensor:
-    """diag(J Σ Jᵀ) [N] in the posterior's own covariance structure, never forming a dense Σ from a
-    diagonal or low-rank one (d = 91k parameters would need 66 GB)."""
-    s = posterior.structure
-    if s == "diag":
-        return (J**2 * posterior.scale.double() ** 2).sum(1)
-    if s == "lowrank":
-        return ((J @ posterior.cov_factor.double()) ** 2).sum(1) + (J**2 * posterior.cov_diag.double()).sum(1)
-    if s == "full":
-        return ((J @ posterior.scale_tril.double()) ** 2).sum(1)
-    if s == "precision":  # Λ = L Lᵀ: J Λ⁻¹ Jᵀ = (L⁻¹ Jᵀ)ᵀ (L⁻¹ Jᵀ)
-        L = torch.linalg.cholesky(posterior.precision.double())
-        return (torch.linalg.solve_triangular(L, J.T, upper=False) ** 2).sum(0)
-    theta = posterior.samples.double()  # empirical: weighted second moment of J (θ_s - μ)
-    if posterior.active is not None:
-        theta = theta[:, posterior.active]
-    w = posterior.weights().double()
-    centred = (theta - (w[:, None] * theta).sum(0)) @ J.T
-    return (w[:, None] * centred**2).sum(0)

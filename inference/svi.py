@@ -75,7 +75,8 @@ from tqdm.auto import tqdm
 from .latent import DATA_PLATE, BoundModel, LatentLayout
 
 __all__ = ["GUIDES", "ELBOS", "DEFAULT_ELBO", "DivergenceError", "DirectELBO", "BatchStream", "make_guide",
-           "optimise_elbo", "scaled_log_joint", "guide_to_fields", "warm_start_guide", "family_defaults"]
+           "optimise_elbo", "scaled_log_joint", "guide_to_fields", "warm_start_guide", "guide_site_names",
+           "family_defaults"]
 
 GUIDES = {"meanfield": AutoDiagonalNormal, "lowrank": AutoLowRankMultivariateNormal,
           "fullrank": AutoMultivariateNormal}
@@ -154,14 +155,9 @@ class _ScaleData(Messenger):
 
 def scaled_log_joint(bound: BoundModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      scale: float = 1.0) -> torch.Tensor:
-    """log p̃(θ) + scale · Σ_i ℓ_i(θ) on (x, y), from one trace of the model (scalar for θ [d])."""
-    tr = bound.trace(theta, x, y)
-    total = theta.new_zeros(())
-    for name in bound.layout.names:
-        site = tr.nodes[name]
-        total = total + site["fn"].log_prob(site["value"]).sum()
-    obs = bound._obs_log_prob(tr).sum()
-    return total + bound.layout.log_abs_det_jacobian(theta) + (obs if scale == 1.0 else scale * obs)
+    """log p̃(θ) + scale · Σ_i ℓ_i(θ) on (x, y), from one trace of the model (scalar for θ [d]):
+    :meth:`BoundModel.log_joint` as a function of (bound, θ, x, y), the form :class:`DirectELBO` compiles."""
+    return bound.log_joint(theta, x, y, scale)
 
 
 class BatchStream:
@@ -438,6 +434,16 @@ def optimise_elbo(model: Callable, guide, args: tuple, *, num_steps: int = 10000
     return out
 
 
+def guide_site_names(guide) -> list[str]:
+    """The latent sites of an initialised ``AutoContinuous`` guide in the order it packs them into θ.
+
+    Pyro packs (``AutoContinuous._unpack_latent``) in the order of the stochastic nodes of the guide's
+    public ``prototype_trace``; the layout of :class:`~inference.latent.BoundModel` must match it."""
+    if guide.prototype_trace is None:
+        raise ValueError("the guide has not been initialised: call guide(x, y) once before asking its sites")
+    return [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+
+
 def family_defaults(family: str, dim: int, rank: int | None = None) -> dict:
     """The SVI defaults of ``family`` for a d = ``dim`` latent vector (README, table of fit options).
 
@@ -485,7 +491,7 @@ def fit_svi_fields(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, family: 
         fields = guide_to_fields(guide, family)
     report["defaults"] = {"lr": lr, "init_scale": init_scale, "restarts": restarts,
                           "factor_lr": next(iter(lr_scale.values()), None)}
-    names = list(guide._unconstrained_shapes)
+    names = guide_site_names(guide)
     if names != bound.layout.names:
         raise RuntimeError(f"guide site order {names} differs from the model layout {bound.layout.names}")
     return fields, report

@@ -10,22 +10,51 @@ prior function scale independent of the width). Observation noise is one of
     heteroscedastic:  the net has two outputs (f, g);  y_i ~ N(f(x_i), (softplus(g(x_i)) + 10⁻³)²).
 
 Latent sites are named ``w0, b0, w1, b1, ...`` (and ``sigma`` for learned noise), all outside the
-``data`` plate, so the model follows the package's ``model(x, y=None)`` convention.
+``data`` plate, so the model follows the package's ``model(x, y=None)`` convention; ``w_l`` has shape
+[in_l, out_l] and ``b_l`` [out_l] (h_{l-1} W_l, a row of inputs times the weight matrix).
+
+:meth:`BayesianMLP.activations` is the forward pass on given weights, returning every layer's input
+a_l = h_{l-1} and pre-activation z_l = a_l W_l + b_l: the model itself, L-CODEC's neuron activations
+(:mod:`unlearning.lcodec`) and the Kronecker-factored curvature (:mod:`inference.curvature.kfac`) all
+use it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BayesianMLP"]
+__all__ = ["BayesianMLP", "MLPActivations"]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+@dataclass(frozen=True)
+class MLPActivations:
+    """The forward pass of an MLP with L layers on N inputs, layer by layer (l = 0..L-1).
+
+    inputs[l]          a_l = h_{l-1}, the input of layer l: [N, in_l] (a_0 = x)
+    preactivations[l]  z_l = a_l W_l + b_l: [N, out_l]; h_l = φ(z_l) for l < L-1, and z_{L-1} is the output
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    preactivations: tuple[torch.Tensor, ...]
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The net's output z_{L-1}: [N, out] (column 0 the mean, column 1 the raw noise for heteroscedastic)."""
+        return self.preactivations[-1]
+
+    @property
+    def units(self) -> list[torch.Tensor]:
+        """Every neuron's activation, per layer: the hidden layers after φ (h_l = a_{l+1}), then the output z_{L-1}."""
+        return list(self.inputs[1:]) + [self.output]
 
 
 class BayesianMLP:
@@ -94,16 +123,29 @@ class BayesianMLP:
             return self.weight_scale / math.sqrt(fan_in)
         return float(self.prior_scale)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def activations(self, theta_sites: Mapping[str, torch.Tensor], x: torch.Tensor) -> MLPActivations:
+        """The forward pass on weights ``theta_sites`` ({"w0": [in_0, out_0], "b0": [out_0], "w1": ...}, as
+        ``LatentLayout.unpack`` returns them) at inputs x [N, in_dim]: each layer's input a_l [N, in_l] and
+        pre-activation z_l = a_l W_l + b_l [N, out_l] (see :class:`MLPActivations`). Differentiable in the
+        sites and in x; the model's own forward pass is this one."""
         act = _ACTIVATIONS[self.activation]
-        h = x
-        for l, (n_in, n_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
-            w = pyro.sample(f"w{l}", dist.Normal(torch.zeros(n_in, n_out, dtype=x.dtype),
-                                                 self._weight_std(n_in)).to_event(2))
-            b = pyro.sample(f"b{l}", dist.Normal(torch.zeros(n_out, dtype=x.dtype), self.bias_scale).to_event(1))
-            h = h @ w + b
+        h, inputs, pre = x, [], []
+        for l in range(self.num_layers):
+            inputs.append(h)
+            h = h @ theta_sites[f"w{l}"] + theta_sites[f"b{l}"]
+            pre.append(h)
             if l < self.num_layers - 1:
                 h = act(h)
+        return MLPActivations(tuple(inputs), tuple(pre))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        sites = {}
+        for l, (n_in, n_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            sites[f"w{l}"] = pyro.sample(f"w{l}", dist.Normal(torch.zeros(n_in, n_out, dtype=x.dtype),
+                                                              self._weight_std(n_in)).to_event(2))
+            sites[f"b{l}"] = pyro.sample(f"b{l}", dist.Normal(torch.zeros(n_out, dtype=x.dtype),
+                                                              self.bias_scale).to_event(1))
+        h = self.activations(sites, x).output
         mean = h[..., 0]
         if self.noise == "heteroscedastic":
             scale = F.softplus(h[..., 1]) + 1e-3

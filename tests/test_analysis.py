@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bayes_unlearn.analysis.metrics import gap_closed, gaussian_kl, gaussian_kl_1d, gaussian_w2, gaussian_w2_1d
-from bayes_unlearn.analysis.pitfalls import parse_variant
+from bayes_unlearn.inference.covariance import Diag
 from bayes_unlearn.inference.latent import LatentLayout, LatentSite
 from bayes_unlearn.inference.posterior import Posterior
 from pyro.distributions import constraints
@@ -25,10 +25,10 @@ def test_kl_and_w2_of_known_gaussians():
 
 def test_weight_space_kl_and_w2_against_closed_forms():
     layout = LatentLayout((LatentSite("theta", (2,), (2,), constraints.real_vector),))
-    p = Posterior(loc=torch.zeros(2, dtype=torch.float64), structure="diag", layout=layout, family="x",
-                  scale=torch.tensor([1.0, 2.0], dtype=torch.float64))
-    q = Posterior(loc=torch.tensor([1.0, 0.0], dtype=torch.float64), structure="diag", layout=layout, family="x",
-                  scale=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    p = Posterior(loc=torch.zeros(2, dtype=torch.float64), cov=Diag(torch.tensor([1.0, 2.0], dtype=torch.float64)),
+                  layout=layout, family="x")
+    q = Posterior(loc=torch.tensor([1.0, 0.0], dtype=torch.float64),
+                  cov=Diag(torch.tensor([1.0, 1.0], dtype=torch.float64)), layout=layout, family="x")
     # independent coordinates: KL adds up; coordinate 1: 1/2 (mean shift 1, equal scales);
     # coordinate 2: log(1/2) + 4/2 - 1/2 = 1.5 - log 2
     assert gaussian_kl(p, q) == pytest.approx(0.5 + 1.5 - math.log(2), abs=1e-12)
@@ -44,12 +44,6 @@ def test_gap_closed_definition():
     assert math.isnan(gap_closed(1.0, 0.0))     # undefined when nothing needed doing
 
 
-def test_parse_variant():
-    assert parse_variant("eubo-adjusted:quantile=0.5,lr=0.01") == ("eubo-adjusted", {"quantile": 0.5, "lr": 0.01})
-    assert parse_variant("laplace-downdate:mean=keep") == ("laplace-downdate", {"mean": "keep"})
-    assert parse_variant("none") == ("none", {})
-
-
 def test_cli_help_lists_the_subcommands(capsys):
     from bayes_unlearn.analysis.cli import main
 
@@ -57,14 +51,15 @@ def test_cli_help_lists_the_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("run", "methods", "pitfalls", "demo"):
+    for cmd in ("run", "methods", "sweep", "demo"):
         assert cmd in out
+    assert "pitfalls" not in out  # a research study in benchmarks/, not a sub-command
     assert main([]) == 2  # no sub-command: help and a usage exit code
 
 
-def test_pitfalls_subcommand_has_its_own_help(capsys):
+def test_former_pitfalls_subcommand_points_to_the_study(capsys):
     from bayes_unlearn.analysis.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["pitfalls", "--help"])
-    assert e.value.code == 0 and "--quick" in capsys.readouterr().out
+    assert main(["pitfalls", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m benchmarks.pitfalls" in err and len(err.strip().splitlines()) == 1

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_unlearn.analysis.figures import plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
+from bayes_unlearn.analysis.figures import (plot_gap_closed, plot_gap_closed_sweep, plot_kl_sweep, plot_loss_curves,
+                                            plot_predictive_bands, plot_spectra)
 
 
 def _check_png(path):
@@ -76,6 +77,46 @@ def test_gap_closed(tmp_path):
         plot_gap_closed(tmp_path / "bad.png", [{"method": "a", "split": "test"}])
     with pytest.raises(ValueError, match="empty"):
         plot_gap_closed(tmp_path / "bad.png", [])
+
+
+def test_kl_sweep(tmp_path):
+    # eubo: not run at the 2nd setting (None), failed at the 3rd (NaN); rkl: flagged at the 4th, one value huge
+    kl = {"eubo": {"forget": [0.8, None, math.nan, 0.5], "retain": [0.5, None, math.nan, 0.4],
+                   "test": [0.2, None, math.nan, 0.3]},
+          "rkl": {s: torch.tensor([24.5, 3.0, 1e12, 1.0]) for s in ("forget", "retain", "test")}}
+    out = plot_kl_sweep(tmp_path / "k" / "kl.png", ["0\nplain", "1e-29\n99%", "1e-3\n0%", "1"], kl,
+                        reference={"forget": 1.7, "retain": 0.15, "test": 0.1},
+                        flagged={"rkl": [False, False, False, True]})
+    assert out == tmp_path / "k" / "kl.png"
+    _check_png(out)
+    _check_png(plot_kl_sweep(tmp_path / "one.png", ["a"], {"m": {"test": [1.0]}}))
+    with pytest.raises(ValueError, match=r"kl\['m'\]\['test'\] has 2 values but there are 1 settings"):
+        plot_kl_sweep(tmp_path / "bad.png", ["a"], {"m": {"test": [1.0, 2.0]}})
+    with pytest.raises(ValueError, match="flagged names method 'x'"):
+        plot_kl_sweep(tmp_path / "bad.png", ["a"], {"m": {"test": [1.0]}}, flagged={"x": [True]})
+    with pytest.raises(ValueError, match="empty"):
+        plot_kl_sweep(tmp_path / "bad.png", [], {"m": {"test": []}})
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_gap_closed_sweep(tmp_path):
+    gaps = {"laplace-downdate": {"forget": [0.4, -23.7, 0.9], "retain": [-4.1e3, 0.2, None], "test": [0.5, 0.6, 0.7]},
+            "rkl": {"forget": [-13.1, 2.5, float("inf")], "retain": [0.1, 0.2, 0.3], "test": [1.0, 1.0, 1.0]},
+            "never": {"forget": [None, None, None], "test": [math.nan] * 3}}  # no value at all: left out
+    out = plot_gap_closed_sweep(tmp_path / "g" / "sweep.png", [1.0, 5.0, 30.0], gaps, log_x=True,
+                                xticklabels=["1%", "5%", "30%"], xlabel="fraction deleted")
+    assert out == tmp_path / "g" / "sweep.png"
+    _check_png(out)
+    _check_png(plot_gap_closed_sweep(tmp_path / "lin.png", np.array([-1.0, 0.0]), {"m": {"test": [0.1, 0.2]}}))
+    with pytest.raises(ValueError, match="log_x needs positive settings"):
+        plot_gap_closed_sweep(tmp_path / "bad.png", [-1.0, 0.0], {"m": {"test": [0.1, 0.2]}}, log_x=True)
+    with pytest.raises(ValueError, match="xticklabels has 1 labels but x has 2 values"):
+        plot_gap_closed_sweep(tmp_path / "bad.png", [1.0, 2.0], {"m": {"test": [0.1, 0.2]}}, xticklabels=["a"])
+    with pytest.raises(ValueError, match=r"gaps\['m'\]\['test'\] has 1 values but there are 2 settings"):
+        plot_gap_closed_sweep(tmp_path / "bad.png", [1.0, 2.0], {"m": {"test": [0.1]}})
+    with pytest.raises(ValueError, match="gaps is empty"):
+        plot_gap_closed_sweep(tmp_path / "bad.png", [1.0], {})
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_spectra(tmp_path):

@@ -19,6 +19,12 @@ from torch.distributions import HalfNormal, MultivariateNormal, Normal, kl_diver
 
 from bayes_unlearn.inference import (
     BoundModel,
+    Diag,
+    Empirical,
+    Full,
+    LowRank,
+    Precision,
+    structure_class,
     ModelConventionError,
     NotPositiveDefiniteError,
     Posterior,
@@ -53,15 +59,11 @@ def gaussian_kl(mean_q, cov_q, mean_p, cov_p) -> float:
 # 1. conjugate Bayesian linear regression: every method against the closed form
 # ============================================================================================
 @pytest.fixture(scope="module")
-def blr():
-    """BLR with N=100, D=3, σ=0.1, s=1 and its exact posterior (mean, cov, precision)."""
-    with torch.random.fork_rng(devices=[]):  # the data of torch.manual_seed(0), global RNG untouched
-        torch.manual_seed(0)
-        x = torch.randn(100, 3)
-        y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 + 0.1 * torch.randn(100)
-    model = BayesianLinearRegression(3, prior_scale=1.0, noise=0.1)
-    mean, cov = model.exact_posterior(x, y)
-    return {"model": model, "x": x, "y": y, "mean": mean, "cov": cov, "prec": torch.linalg.inv(cov)}
+def blr(blr_problem):
+    """BLR with N=100, D=3, σ=0.1, s=1 (tests/conftest.py) and its exact posterior (mean, cov, precision)."""
+    p = blr_problem
+    mean, cov = p["model"].exact_posterior(p["X"], p["y"])
+    return {"model": p["model"], "x": p["X"], "y": p["y"], "mean": mean, "cov": cov, "prec": torch.linalg.inv(cov)}
 
 
 @pytest.fixture(scope="module")
@@ -591,13 +593,13 @@ def layout():
 def _gaussian_posteriors(layout, loc, cov, cov_factor=None, cov_diag=None, diagonal=False):
     common = dict(loc=loc, layout=layout, family="test")
     out = {
-        "full": Posterior(structure="full", scale_tril=torch.linalg.cholesky(cov), **common),
-        "precision": Posterior(structure="precision", precision=torch.linalg.inv(cov), **common),
+        "full": Posterior(cov=Full(torch.linalg.cholesky(cov)), **common),
+        "precision": Posterior(cov=Precision(torch.linalg.inv(cov)), **common),
     }
     if cov_factor is not None:
-        out["lowrank"] = Posterior(structure="lowrank", cov_factor=cov_factor, cov_diag=cov_diag, **common)
+        out["lowrank"] = Posterior(cov=LowRank(cov_factor, cov_diag), **common)
     if diagonal:
-        out["diag"] = Posterior(structure="diag", scale=cov.diagonal().sqrt(), **common)
+        out["diag"] = Posterior(cov=Diag(cov.diagonal().sqrt()), **common)
     return out
 
 
@@ -622,7 +624,7 @@ def _check_structures(posteriors, loc, cov):
         se_cov = ((torch.outer(sd, sd) ** 2 + cov**2) / n).sqrt()
         assert ((torch.cov(draws.T) - cov).abs() < 5 * se_cov).all(), name
         # The empirical structure built from these draws has exactly their (1/S) moments.
-        e = Posterior(structure="empirical", samples=draws, loc=draws.mean(0), layout=q.layout, family="test")
+        e = Posterior(cov=Empirical(draws), loc=draws.mean(0), layout=q.layout, family="test")
         c = draws - draws.mean(0)
         torch.testing.assert_close(e.covariance(), c.T @ c / n, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(e.variance(), c.pow(2).mean(0), rtol=1e-9, atol=1e-12)
@@ -653,8 +655,7 @@ def test_weighted_empirical_moments(layout):
     log_w = torch.randn(50, generator=g, dtype=torch.float64)
     w = torch.softmax(log_w, 0)
     mean = (w[:, None] * samples).sum(0)
-    q = Posterior(structure="empirical", samples=samples, log_weights=log_w, loc=mean, layout=layout,
-                  family="test")
+    q = Posterior(cov=Empirical(samples, log_weights=log_w), loc=mean, layout=layout, family="test")
     c = samples - mean
     torch.testing.assert_close(q.weights(), w)
     torch.testing.assert_close(q.covariance(), (w[:, None] * c).T @ c)
@@ -666,24 +667,24 @@ def test_weighted_empirical_moments(layout):
 def test_posterior_rejects_bad_fields(layout):
     loc = torch.zeros(4)
     with pytest.raises(ValueError, match="loc contains NaN or inf"):
-        Posterior(loc=torch.tensor([0.0, float("nan"), 0.0, 0.0]), structure="diag", scale=torch.ones(4),
+        Posterior(loc=torch.tensor([0.0, float("nan"), 0.0, 0.0]), cov=Diag(torch.ones(4)),
                   layout=layout, family="test")
     with pytest.raises(ValueError, match="scale contains NaN or inf"):
-        Posterior(loc=loc, structure="diag", scale=torch.tensor([1.0, float("inf"), 1.0, 1.0]),
-                  layout=layout, family="test")
+        Posterior(loc=loc, cov=Diag(torch.tensor([1.0, float("inf"), 1.0, 1.0])), layout=layout, family="test")
     with pytest.raises(ValueError, match="precision contains NaN or inf"):
-        Posterior(loc=loc, structure="precision", precision=torch.full((4, 4), float("nan")),
-                  layout=layout, family="test")
+        Posterior(loc=loc, cov=Precision(torch.full((4, 4), float("nan"))), layout=layout, family="test")
     with pytest.raises(ValueError, match=r"loc must have shape \[4\], got \(3,\)"):
-        Posterior(loc=torch.zeros(3), structure="diag", scale=torch.ones(3), layout=layout, family="test")
+        Posterior(loc=torch.zeros(3), cov=Diag(torch.ones(3)), layout=layout, family="test")
     with pytest.raises(ValueError, match=r"loc must have shape \[4\], got \(1, 4\)"):
-        Posterior(loc=torch.zeros(1, 4), structure="diag", scale=torch.ones(4), layout=layout, family="test")
-    with pytest.raises(ValueError, match="structure must be one of"):
-        Posterior(loc=loc, structure="banded", layout=layout, family="test")
-    with pytest.raises(ValueError, match="a 'full' posterior needs 'scale_tril'"):
-        Posterior(loc=loc, structure="full", scale=torch.ones(4), layout=layout, family="test")
+        Posterior(loc=torch.zeros(1, 4), cov=Diag(torch.ones(4)), layout=layout, family="test")
+    with pytest.raises(ValueError, match="the covariance is over 3 coordinates but θ has 4"):
+        Posterior(loc=loc, cov=Diag(torch.ones(3)), layout=layout, family="test")
+    with pytest.raises(ValueError, match="unknown covariance structure 'banded'"):
+        structure_class("banded")
+    with pytest.raises(ValueError, match="a 'full' covariance needs 'scale_tril'"):
+        Full.from_fields({"scale": torch.ones(4)})
     # A precision that is not positive definite is caught when it is used, with its eigenvalue.
-    bad = Posterior(loc=loc, structure="precision", precision=torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0])),
+    bad = Posterior(loc=loc, cov=Precision(torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0]))),
                     layout=layout, family="test")
     with pytest.raises(ValueError, match="smallest eigenvalue"):
         bad.covariance()
@@ -725,12 +726,10 @@ def test_linearised_predictive_is_exact_for_linear_regression():
 def test_linearised_variance_uses_each_structure_without_a_dense_covariance(method, opts):
     """diag(J Σ Jᵀ) computed from the structure (scale, cov_factor, scale_tril, Cholesky of Λ) equals
     the dense einsum: 1e-6 relative covers float32 guide parameters (measured ≤ 3e-8)."""
-    from bayes_unlearn.inference.predict import _diag_j_cov_jt
-
     data = synthetic_1d(n=40)
     post = fit(BayesianMLP(1, (6,), "tanh", prior_scale="fan_in", noise=0.1), data.x, data.y, method,
                progress=False, **opts)
     k = post.loc.numel() if post.active is None else len(post.active)
     J = torch.randn(5, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    dense = torch.einsum("nd,de,ne->n", J, post._active_cov().double(), J)
-    assert torch.allclose(_diag_j_cov_jt(post, J), dense, rtol=1e-6, atol=0)
+    dense = torch.einsum("nd,de,ne->n", J, post.cov.dense().double(), J)
+    assert torch.allclose(post.cov.jacobian_quadratic(J), dense, rtol=1e-6, atol=0)

@@ -62,7 +62,7 @@ def test_primal_and_cg_paths_never_hold_more_than_a_chunk_of_the_jacobian(blr_pr
     b = blr_problem
     bound = BoundModel(b["model"], b["X"], b["y"])
     seen = []
-    import bayes_unlearn.inference.curvature as curvature
+    import bayes_unlearn.inference.curvature.autodiff as curvature  # the module that holds it (ggn_diagonal's global)
     import bayes_unlearn.inference.gauss_newton as gauss_newton
 
     orig = curvature.whitened_jacobian

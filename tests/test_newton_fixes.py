@@ -13,7 +13,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import bayes_unlearn.inference.curvature as curvature
-import bayes_unlearn.unlearning.laplace as ulaplace
+import bayes_unlearn.inference.laplace as ulaplace
 from bayes_unlearn.inference import fit
 from bayes_unlearn.inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
 from bayes_unlearn.inference.latent import BoundModel

@@ -1,4 +1,5 @@
-"""analysis.pitfalls: the quick mode runs end to end and writes its JSON and figures."""
+"""benchmarks.pitfalls (the pitfalls study, run from the repository root): the quick mode runs end to end and
+writes its JSON and figures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import matplotlib.image as mpimg
 
-from bayes_unlearn.analysis import pitfalls
+from benchmarks import pitfalls
 
 
 def test_quick_study_writes_json_and_figures(tmp_path, capsys):
@@ -32,3 +33,9 @@ def test_quick_study_writes_json_and_figures(tmp_path, capsys):
     assert set(res["figures"]) >= {"lambda_sweep", "spectra", "region_vs_random", "deletion_fraction", "bands"}
     assert "total" in capsys.readouterr().out
 
+
+
+def test_parse_variant():
+    assert pitfalls.parse_variant("eubo-adjusted:quantile=0.5,lr=0.01") == ("eubo-adjusted", {"quantile": 0.5, "lr": 0.01})
+    assert pitfalls.parse_variant("laplace-downdate:mean=keep") == ("laplace-downdate", {"mean": "keep"})
+    assert pitfalls.parse_variant("none") == ("none", {})

@@ -95,13 +95,9 @@ def test_batch_stream_is_seeded_and_covers_each_epoch():
 
 
 @pytest.fixture(scope="module")
-def blr():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        x = torch.randn(100, 3)
-        y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 + 0.1 * torch.randn(100)
-    model = BayesianLinearRegression(3, prior_scale=1.0, noise=0.1)
-    return model, x, y, MultivariateNormal(*model.exact_posterior(x, y))
+def blr(blr_problem):
+    """The shared BLR problem (tests/conftest.py): model, x, y and the exact posterior on all 100 points."""
+    return blr_problem["model"], blr_problem["X"], blr_problem["y"], blr_problem["exact_full"]
 
 
 def _kl(q, exact):

@@ -28,7 +28,7 @@ __all__ = ["auto_ladder"]
 
 def auto_ladder(old: Posterior, cheap: tuple[str, ...] = ("laplace-downdate",), allow_retrain: bool = True) -> list[str]:
     """The methods ``auto`` tries for this posterior, in order."""
-    if old.structure == "empirical":
+    if not old.cov.gaussian:  # draws (NUTS): no cheap update applies
         return ["retrain"] if allow_retrain else []
     ladder = [c for c in cheap]
     if old.family == "laplace":

@@ -45,8 +45,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["cubic_step", "cubic_step_hvp", "cubic_model", "estimate_hessian_lipschitz", "conjugate_gradient",
-           "lanczos_extreme", "lanczos_ritz"]
+from ..inference.linalg import conjugate_gradient
+
+__all__ = ["cubic_step", "cubic_step_hvp", "cubic_model", "estimate_hessian_lipschitz", "lanczos_extreme",
+           "lanczos_ritz"]
 
 
 def cubic_model(g: torch.Tensor, H, M: float, step: torch.Tensor) -> float:
@@ -155,44 +157,8 @@ def estimate_hessian_lipschitz(f: Callable[[torch.Tensor], torch.Tensor], theta:
 
 
 # --------------------------------------------------------------------------------------------------
-# matrix-free path: Hessian-vector products only (CG, Lanczos)
+# matrix-free path: Hessian-vector products only (CG: inference.linalg.conjugate_gradient; Lanczos)
 # --------------------------------------------------------------------------------------------------
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, tol: float = 1e-10,
-                       max_iter: int = 1000) -> tuple[torch.Tensor, dict]:
-    """Solve A x = b for a symmetric A given by ``matvec``; stops on ‖r‖ ≤ tol‖b‖ or negative curvature.
-
-    ``facts``: cg_iterations, negative_curvature (a search direction p with pᵀAp ≤ 0 was met: A is
-    not positive definite, and x is the last iterate before it, not a solution), relative_residual,
-    converged (the residual test was met), and on negative curvature ``curvature_rayleigh`` =
-    pᵀAp / pᵀp, an upper bound on λ_min(A)."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rr = float(r @ r)
-    bnorm = float(b.norm())
-    it, neg, rayleigh = 0, False, None
-    while it < max_iter and rr ** 0.5 > tol * bnorm:
-        Ap = matvec(p)
-        pAp = float(p @ Ap)
-        if not pAp > 0:
-            neg = True
-            rayleigh = pAp / max(float(p @ p), 1e-300)
-            break
-        a = rr / pAp
-        x = x + a * p
-        r = r - a * Ap
-        rr_new = float(r @ r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-        it += 1
-    res = rr ** 0.5 / max(bnorm, 1e-300)
-    facts = {"cg_iterations": it, "negative_curvature": neg, "relative_residual": res,
-             "converged": (not neg) and rr ** 0.5 <= tol * bnorm}
-    if neg:
-        facts["curvature_rayleigh"] = rayleigh
-    return x, facts
-
-
 def lanczos_ritz(matvec: Callable[[torch.Tensor], torch.Tensor], d: int, *, k: int = 60, seed: int = 0) -> dict:
     """k Lanczos steps (full re-orthogonalisation) from a seeded random start: the extreme Ritz values
     and their residuals.

@@ -56,32 +56,29 @@ import torch
 
 from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
-from ..inference.svi import DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
+from ..inference.covariance import Full, structure_class
+from ..inference.svi import STRUCTURE_OF, DivergenceError, guide_to_fields, make_guide, optimise_elbo, warm_start_guide
 
 from .base import ForgetSet, forget_bound, register
 from .objective import ForgetLikelihood, Whitening, embed_active, unlearning_log_density, unlearning_model
 
 __all__ = ["refit_guide", "guide_family_for", "gaussian_fields"]
 
-_FAMILY = {"diag": "meanfield", "lowrank": "lowrank", "full": "fullrank", "precision": "fullrank",
-           "empirical": "fullrank"}
-_STRUCTURE = {"meanfield": "diag", "lowrank": "lowrank", "fullrank": "full"}
+_FAMILY_OF = {structure: family for family, structure in STRUCTURE_OF.items()}
 
 
 def guide_family_for(old: Posterior) -> str:
-    """The autoguide family matching the old posterior's covariance structure."""
-    return _FAMILY[old.structure]
+    """The autoguide family whose structure is the old posterior's (``inference.svi.STRUCTURE_OF``); a full-rank
+    guide for any other (a precision, draws)."""
+    return _FAMILY_OF.get(old.structure, "fullrank")
 
 
 def gaussian_fields(old: Posterior, family: str) -> dict[str, torch.Tensor]:
-    """The old posterior expressed in the fields of ``family`` (for warm starts)."""
-    q = old.to_active_distribution()
-    loc = old.loc if old.active is None else old.loc[old.active]
-    if family == "meanfield":
-        return {"loc": loc, "scale": q.variance.sqrt()}
-    if family == "lowrank":
-        return {"loc": loc, "cov_factor": old.cov_factor, "cov_diag": old.cov_diag}
-    return {"loc": loc, "scale_tril": q.scale_tril}
+    """The old posterior expressed in the fields of ``family`` (for warm starts): its own tensors when it has the
+    family's structure, else the Cholesky factor of its Σ for a full-rank guide."""
+    target = structure_class(STRUCTURE_OF[family])
+    cov = old.cov if isinstance(old.cov, target) else Full(old.to_active_distribution().scale_tril)
+    return {"loc": old.active_loc, **cov.fields()}
 
 
 def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, progress: bool = False,
@@ -97,7 +94,7 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
     objective and draws as ``Trace_ELBO``, without Pyro's per-step tracing); ``"trace"`` runs Pyro's
     ``Trace_ELBO`` on the unlearning model."""
     family = guide_family_for(old)
-    white = Whitening(old) if whiten and old.structure in Whitening.STRUCTURES else None
+    white = Whitening(old) if whiten and Whitening.supports(old) else None
     model = unlearning_model(old, forget, white)
     log_joint = unlearning_log_density(old, forget, white)  # the same model as a plain function (direct ELBO)
     to_fields = (lambda f: f) if white is None else white.fields  # noqa: E731
@@ -173,9 +170,9 @@ def refit_guide(old: Posterior, forget: ForgetLikelihood, *, seed: int = 0, prog
     loc = final.pop("loc")
     if old.active is not None:  # the guide lived on the active coordinates: put its mean back in place
         loc = embed_active(old)(loc.detach())
-    post = Posterior(loc=loc, structure=_STRUCTURE[family], family=old.family, layout=old.layout, active=old.active,
-                     meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature"),
-                           "guide_family": family}, **final)
+    post = Posterior(loc=loc, cov=structure_class(STRUCTURE_OF[family]).from_fields(final, active=old.active),
+                     family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature"), "guide_family": family})
     return {"posterior": post, "steps": len(losses), "warnings": warnings, "diverged": bool(state["reason"]),
             "final_objective": None if state["reason"] or not losses else losses[-1],
             "losses": losses, "diagnostics": {**(check or {}),
@@ -208,11 +205,12 @@ def retained_change(old: Posterior, loc: torch.Tensor, x_r: torch.Tensor, y_r: t
 
 
 def _std(fields: dict, family: str) -> torch.Tensor:
-    if family == "meanfield":
-        return fields["scale"]
-    if family == "lowrank":
-        return (fields["cov_factor"].pow(2).sum(-1) + fields["cov_diag"]).sqrt()
-    return fields["scale_tril"].pow(2).sum(-1).sqrt()
+    """The marginal stds of guide fields of ``family`` (inf when a field is not finite: a blow-up)."""
+    try:
+        cov = structure_class(STRUCTURE_OF[family]).from_fields(fields)
+    except ValueError:
+        return torch.full_like(fields["loc"], float("inf"))
+    return cov.variance().sqrt()
 
 
 CLIP_DRAWS = 4000

@@ -17,6 +17,11 @@ be positive definite (exact Hessians of a non-convex net, diagonal structure, mi
 its smallest eigenvalue and the count of non-positive ones are always reported, and it is repaired
 (eigenvalue clip or damping, ``repair=``) only on request -- otherwise the call raises.
 
+Both are the covariance's own operations: H_f is computed in the structure's ``curvature_form``
+(:func:`inference.laplace.curvature_term`, the same function that built Λ) and subtracted by
+``old.cov.downdate(H_f)`` (:mod:`inference.covariance`); a full-rank or low-rank SVI covariance is
+down-dated through its dense precision Λ = Σ⁻¹ and becomes a "precision" posterior.
+
 Re-fit ("laplace-refit"): the Laplace approximation of the unlearning model itself,
 
     θ_u = argmax_θ  log q(θ | D) - log p(D_f | θ),     Λ_u = Λ - H_f(θ_u),
@@ -30,60 +35,46 @@ from __future__ import annotations
 
 import torch
 
-from ..inference.curvature import ggn, ggn_diagonal, hessian, hessian_diagonal
-from ..inference.laplace import check_and_repair_diagonal, check_and_repair_precision, lbfgs_maximise
+from ..inference.laplace import curvature_term, lbfgs_maximise
 from ..inference.posterior import Posterior
 
 from .base import ForgetSet, forget_bound, register
 
-__all__ = ["forget_curvature", "old_precision"]
+__all__ = ["forget_curvature", "old_precision", "curvature_kind"]
+
+
+def curvature_kind(old: Posterior) -> str:
+    """The kind of curvature ("exact" or "ggn") the old precision was built with, which the forget set's term
+    must match: the one ``meta['curvature']`` records for a structure whose Λ is a fitted curvature
+    (``recorded_curvature``: Laplace fits), else "exact" (an SVI guide's Σ⁻¹)."""
+    if not old.cov.recorded_curvature:
+        return "exact"
+    return (old.meta.get("curvature") or {}).get("curvature", "exact")
 
 
 def old_precision(old: Posterior) -> tuple[torch.Tensor, str, str]:
-    """(Λ or its diagonal over the active coordinates, 'dense'|'diag', curvature) of the old posterior."""
-    curv = (old.meta.get("curvature") or {}).get("curvature", "exact")
-    if old.structure == "precision":
-        return old.precision.to(torch.float64), "dense", curv
-    if old.structure == "diag":
-        return old.scale.to(torch.float64).pow(-2), "diag", curv
-    cov = old._active_cov().to(torch.float64)
-    return torch.cholesky_inverse(torch.linalg.cholesky(cov)), "dense", "exact"
+    """(Λ over the active coordinates in the covariance's curvature form (float64), that form, the curvature
+    kind of :func:`curvature_kind`) of the old posterior: what a down-date subtracts H_f from."""
+    return old.cov.precision_form(), old.cov.curvature_form, curvature_kind(old)
 
 
-def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, kind: str, curvature: str):
-    """(g_f, H_f) at θ over the active coordinates: gradient of log p(D_f|θ) and -∇² (or GGN)."""
+def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, form: str, curvature: str):
+    """(g_f, H_f) at θ over the active coordinates: the gradient of log p(D_f|θ), and −∇² log p(D_f|θ) (or its
+    GGN) in curvature ``form`` ("dense" [k, k] or "diag" [k], never the d × d matrix for "diag"), by
+    :func:`inference.laplace.curvature_term`."""
     bound = forget_bound(old, fs)
     x, y = fs.x_forget.to(torch.float64), fs.y_forget.to(torch.float64)
     theta = theta.detach().to(torch.float64)
-    idx = old.active
-    f = lambda t: bound.log_likelihood(t, x, y).sum()  # noqa: E731
-    g = torch.func.grad(f)(theta)
-    if kind == "diag":   # never the d × d matrix: streamed GGN diagonal, or exact diagonal by blocked HVPs
-        H = ggn_diagonal(bound, x, theta) if curvature == "ggn" else -hessian_diagonal(f, theta)
-    elif curvature == "ggn":
-        H = ggn(bound, x, theta, idx)
-    else:
-        H = -hessian(f, theta)
-        if idx is not None:
-            H = H[idx][:, idx]
-    if idx is not None:
-        g = g[idx]
+    g = torch.func.grad(lambda t: bound.log_likelihood(t, x, y).sum())(theta)
+    if old.active is not None:
+        g = g[old.active]
+    H = curvature_term(bound, x, y, theta, form=form, curvature=curvature, index=old.active)
     return g, H
 
 
-def downdate(prec: torch.Tensor, H_f: torch.Tensor, kind: str, repair: str | None, floor: float | None,
-             what: str = "down-dated") -> tuple[torch.Tensor, dict]:
-    """Λ − H_f (dense, or diagonal for kind 'diag'), checked and repaired only on request."""
-    if kind == "diag":
-        return check_and_repair_diagonal(prec - H_f, repair, floor, what=f"{what} diagonal precision")
-    return check_and_repair_precision(prec - H_f, repair, floor, what=f"{what} precision")
-
-
-def precision_fields(prec: torch.Tensor, kind: str, dtype: torch.dtype) -> tuple[dict, str]:
-    """Posterior fields and structure for a precision (a diagonal is stored as float ``dtype`` scales)."""
-    if kind == "diag":
-        return {"scale": prec.rsqrt().to(dtype)}, "diag"
-    return {"precision": prec}, "precision"
+def _refuse_draws(old: Posterior, name: str) -> None:
+    if not old.cov.gaussian:
+        raise ValueError(f"{name} needs a Gaussian posterior; this one is {old.structure} (draws)")
 
 
 @register("laplace-downdate", "Λ_r = Λ - H_f and one Newton step for the mean (exact Hessian or GGN, "
@@ -93,16 +84,13 @@ def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: 
                      floor: float | None = None) -> dict:
     if mean not in ("newton", "keep"):
         raise ValueError(f"mean must be 'newton' or 'keep', got {mean!r}")
-    if old.structure == "empirical":
-        raise ValueError("laplace-downdate needs a Gaussian posterior; this one is empirical (draws)")
-    prec, kind, curv_old = old_precision(old)
-    curvature = curvature or curv_old
+    _refuse_draws(old, "laplace-downdate")
+    curvature = curvature or curvature_kind(old)
     theta = old.loc.to(torch.float64)
-    g, H = forget_curvature(old, fs, theta, kind, curvature)
+    g, H = forget_curvature(old, fs, theta, old.cov.curvature_form, curvature)
     warnings: list[str] = []
-    prec_r, facts = downdate(prec, H, kind, repair, floor)
-    step = -g / prec_r if kind == "diag" else -torch.linalg.solve(prec_r, g)
-    fields, structure = precision_fields(prec_r, kind, old.loc.dtype)
+    cov, facts = old.cov.downdate(H, repair=repair, floor=floor)
+    step = -cov.matvec(g)  # Λ_r⁻¹ g_f
     loc = theta.clone()
     if mean == "newton":
         if old.active is None:
@@ -113,10 +101,8 @@ def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: 
         warnings.append(f"the down-dated precision was repaired: {facts['repair']}")
     facts["step_norm"] = float(step.norm()) if mean == "newton" else 0.0
     facts["curvature"] = curvature
-    post = Posterior(loc=loc.to(old.loc.dtype) if structure == "diag" else loc, structure=structure,
-                     family=old.family, layout=old.layout, active=old.active,
-                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}},
-                     **fields)
+    post = Posterior(loc=loc.to(cov.dtype), cov=cov, family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}})
     return {"posterior": post, "warnings": warnings, "diagnostics": facts}
 
 
@@ -133,10 +119,10 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
 
     from .objective import ForgetLikelihood, unlearning_model
 
-    if old.structure == "empirical" or old.active is not None:
+    if not old.cov.gaussian or old.active is not None:
         raise ValueError("laplace-refit needs a Gaussian posterior over all coordinates")
     forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget)
-    prec, kind, curv = old_precision(old)
+    curv = curvature_kind(old)
     warnings: list[str] = []
     with torch.random.fork_rng(devices=[]), pyro.settings.context(module_local_params=True):
         torch.manual_seed(seed)
@@ -159,8 +145,7 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
         except (ValueError, RuntimeError):  # the objective left its domain: treated as running away below
             theta = torch.full_like(theta, float("nan"))
     diff = theta - old.loc.to(torch.float64)
-    r = float((diff @ (prec @ diff if kind == "dense" else prec * diff)).sqrt()) if torch.isfinite(diff).all() \
-        else float("inf")
+    r = float((diff @ old.cov.precision_matvec(diff)).sqrt()) if torch.isfinite(diff).all() else float("inf")
     limit = max_distance if max_distance is not None else 10.0 * (old.dim ** 0.5 + 3.0)
     diverged = (not torch.isfinite(theta).all()) or r > limit
     if diverged:
@@ -168,14 +153,11 @@ def laplace_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: boo
                         "objective log q(θ|D) - log p(D_f|θ) is unbounded for this model; the old mode is "
                         "returned with the down-dated precision. Try laplace-downdate, eubo-adjusted or rkl")
         theta = old.loc.to(torch.float64)
-    g, H = forget_curvature(old, fs, theta, kind, curv)
-    prec_u, facts = downdate(prec, H, kind, repair, floor, what="re-fitted")
-    fields, structure = precision_fields(prec_u, kind, old.loc.dtype)
-    if kind == "diag":
-        theta = theta.to(old.loc.dtype)
+    _, H = forget_curvature(old, fs, theta, old.cov.curvature_form, curv)
+    cov, facts = old.cov.downdate(H, repair=repair, floor=floor, what="re-fitted")
+    theta = theta.to(cov.dtype)
     facts["mahalanobis_shift"] = r
-    post = Posterior(loc=theta, structure=structure, family=old.family, layout=old.layout,
-                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}},
-                     **fields)
+    post = Posterior(loc=theta, cov=cov, family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": {**(old.meta.get("curvature") or {}), **facts}})
     return {"posterior": post, "warnings": warnings, "diverged": diverged, "diagnostics": facts,
             "steps": rep["steps"], "final_objective": float(-objective(theta))}

@@ -4,7 +4,7 @@
    ``max_samples`` = 1000 perturbed inputs in all, at least 2 per point; std ``perturb_scale`` = 0.1
    times the per-feature std of the training inputs), and record for each perturbed input its loss
    −ℓ(θ*; x̃, y_f) and the activations of every neuron of the BayesianMLP (hidden units after φ,
-   and the output units).
+   and the output units: ``BayesianMLP.activations(sites, x).units``).
 2. Select neurons by greedy FOCI (Azadkia & Chatterjee, 2021) of the loss on the activations: the
    neuron maximising the CODEC coefficient T_n(loss, a_j | a_S) is added to S until that maximum
    is ≤ 0. ``scope="global"`` (default) runs one FOCI over all neurons of all layers, so a neuron
@@ -32,13 +32,12 @@ import math
 import torch
 
 from ..inference.posterior import Posterior
-from ..models.mlp import BayesianMLP
 
 from .base import ForgetSet, register
 from .cubic import estimate_hessian_lipschitz
 from .newton import point_update_result, retained_loss
 
-__all__ = ["codec", "foci", "mlp_activations"]
+__all__ = ["codec", "foci"]
 
 
 def _ranks_le(y: torch.Tensor) -> torch.Tensor:
@@ -125,18 +124,6 @@ def foci(y, X, seed: int = 0, max_features: int | None = None) -> list[int]:
     return chosen
 
 
-def mlp_activations(model: BayesianMLP, sites: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
-    """Per-layer activations [n, width_l] of the BayesianMLP (hidden layers after φ, then the output layer)."""
-    act = torch.tanh if model.activation == "tanh" else torch.relu
-    h, out = x, []
-    for l in range(model.num_layers):
-        h = h @ sites[f"w{l}"] + sites[f"b{l}"]
-        if l < model.num_layers - 1:
-            h = act(h)
-        out.append(h)
-    return out
-
-
 @register("lcodec", "L-CODEC (Mehta et al. 2022): FOCI/CODEC neuron selection under input perturbation, then "
           "the Newton step with the exact sub-Hessian on the selected weights only (optional (ε,δ) noise)",
           models=("BayesianMLP",))
@@ -145,9 +132,9 @@ def lcodec(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = Fal
            epsilon: float | None = None, delta: float = 1e-5,
            sensitivity: float | None = None, max_dim: int = 5000) -> dict:
     model = old.model
-    if not isinstance(model, BayesianMLP):
-        raise ValueError("lcodec needs per-neuron activations and supports the built-in BayesianMLP only, got "
-                         f"{type(model).__name__}")
+    if not hasattr(model, "activations"):
+        raise ValueError("lcodec needs per-neuron activations (model.activations(sites, x)) and supports the built-in "
+                         f"BayesianMLP only, got {type(model).__name__}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if int(num_perturb) < 2 or not perturb_scale > 0:
@@ -173,7 +160,7 @@ def lcodec(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = Fal
     xp = xp + perturb_scale * sd * torch.randn(xp.shape, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         loss = -bound.log_likelihood(theta, xp, yp)
-        acts = mlp_activations(model, sites, xp)
+        acts = model.activations(sites, xp).units
     # 2. FOCI neuron selection
     neurons = [(l, j) for l, a in enumerate(acts) for j in range(a.shape[1])]
     selected: list[tuple[int, int]] = []

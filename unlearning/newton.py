@@ -54,8 +54,9 @@ import torch
 from ..inference.posterior import Posterior
 
 from .base import ForgetSet, register
-from .cubic import conjugate_gradient, cubic_model, cubic_step, cubic_step_hvp, estimate_hessian_lipschitz, lanczos_ritz
-from .laplace import downdate, forget_curvature, old_precision, precision_fields
+from ..inference.linalg import conjugate_gradient
+from .cubic import cubic_model, cubic_step, cubic_step_hvp, estimate_hessian_lipschitz, lanczos_ritz
+from .laplace import curvature_kind, forget_curvature
 
 __all__ = ["retained_loss", "retained_curvature", "retained_hvp", "posterior_after_step", "damped_step", "pinv_step"]
 
@@ -128,23 +129,21 @@ def posterior_after_step(old: Posterior, fs: ForgetSet, step: torch.Tensor, fact
     theta = old.loc.detach().to(torch.float64)
     loc = theta + step.to(torch.float64)
     meta = {"fit": old.meta.get("fit"), "curvature": dict(old.meta.get("curvature") or {})}
-    if old.structure == "empirical":
+    if not old.cov.gaussian:
         facts["covariance"] = "kept (empirical posterior: draws shifted by the step)"
-        samples = old.samples + step.to(old.samples.dtype)
-        return Posterior(loc=loc.to(old.loc.dtype), structure="empirical", family=old.family, layout=old.layout,
-                         samples=samples, log_weights=old.log_weights, active=old.active, meta=meta)
-    prec, kind, curv = old_precision(old)
-    _, H_f = forget_curvature(old, fs, theta, kind, curv)
-    p, cf = downdate(prec, H_f, kind, "clip", None)
-    fields, structure = precision_fields(p, kind, old.loc.dtype)
-    if kind == "diag":
-        loc = loc.to(old.loc.dtype)
+        shift = step if old.active is None else step[old.active]
+        return Posterior(loc=loc.to(old.loc.dtype), cov=old.cov.shifted(shift), family=old.family,
+                         layout=old.layout, meta=meta)
+    curv = curvature_kind(old)
+    _, H_f = forget_curvature(old, fs, theta, old.cov.curvature_form, curv)
+    cov, cf = old.cov.downdate(H_f, repair="clip")
+    loc = loc.to(cov.dtype)
     if cf.get("repair"):
         facts["covariance"] = f"laplace-downdate ({curv}), repaired by eigenvalue clipping"
         floor = cf["repair"]["floor"]
         warnings.append(
             f"the down-dated precision Λ − H_f was not positive definite (smallest eigenvalue "
-            f"{cf['min_eigenvalue']:.4g}, {cf['num_nonpositive']} of {len(p)} ≤ 0: the forget set's curvature "
+            f"{cf['min_eigenvalue']:.4g}, {cf['num_nonpositive']} of {cov.size} ≤ 0: the forget set's curvature "
             f"exceeds the old posterior's precision there) and was repaired by clipping to {floor:.3g}; those "
             f"directions carry an arbitrary variance (up to 1/{floor:.3g}), so the covariance is unusable and the "
             "verdict is 'failed'. Use method='auto', a re-fit on D_r ('elbo-refit' for an SVI posterior, "
@@ -153,8 +152,7 @@ def posterior_after_step(old: Posterior, fs: ForgetSet, step: torch.Tensor, fact
         facts["covariance"] = f"laplace-downdate ({curv})"
     facts["precision"] = cf
     meta["curvature"].update({"downdate": cf})
-    return Posterior(loc=loc, structure=structure, family=old.family, layout=old.layout, active=old.active,
-                     meta=meta, **fields)
+    return Posterior(loc=loc, cov=cov, family=old.family, layout=old.layout, meta=meta)
 
 
 def point_update_result(old: Posterior, fs: ForgetSet, f, theta: torch.Tensor, g: torch.Tensor, step: torch.Tensor,

@@ -82,8 +82,7 @@ class ForgetLikelihood:
         elif quantile is not None:
             if old is None:
                 raise ValueError("the adjusted likelihood needs the old posterior")
-            k = bound.layout.dim if old.active is None else len(old.active)
-            self.log_lam = lambda_from_quantile(k, quantile)
+            self.log_lam = lambda_from_quantile(old.cov.size, quantile)
         if self.log_lam is not None:
             if old is None:
                 raise ValueError("the adjusted likelihood needs the old posterior")
@@ -145,22 +144,27 @@ def prior_distribution(old: Posterior) -> torch.distributions.Distribution:
 class Whitening:
     """The affine map z ↦ θ = μ + A z with q(θ|D) = N(μ, A Aᵀ), so that z ~ N(0, I) under q(θ|D).
 
-    A is the old posterior's scale (a vector for "diag", its lower Cholesky factor for "full" and
-    "precision"), over the active coordinates. A Gaussian guide N(m, S Sᵀ) on z is the Gaussian
+    A is the old covariance's square-root factor (``Covariance.scale_factor``: a vector for a diagonal
+    one, the lower Cholesky factor of Σ for a full one or a precision; low-rank covariances keep none),
+    over the active coordinates. A Gaussian guide N(m, S Sᵀ) on z is the Gaussian
     N(μ + A m, (A S)(A S)ᵀ) on θ; with S lower triangular (or diagonal) so is A S, so the mapped
     guide keeps its structure. Optimising in z preconditions the re-fit by the old posterior's
     covariance: a step of the same size means the same fraction of a posterior std in every direction.
     """
 
-    STRUCTURES = ("diag", "full", "precision")
+    @staticmethod
+    def supports(old: Posterior) -> bool:
+        """Whether ``old`` is a Gaussian whose covariance keeps a square-root factor A."""
+        return old.cov.gaussian and old.cov.scale_factor() is not None
 
     def __init__(self, old: Posterior):
-        if old.structure not in self.STRUCTURES:
-            raise ValueError(f"whitening needs a {self.STRUCTURES} posterior, not {old.structure!r}")
-        q = old.to_active_distribution()
-        self.mu = old.loc if old.active is None else old.loc[old.active]
-        self.diag = old.structure == "diag"
-        self.A = q.variance.sqrt() if self.diag else q.scale_tril
+        A = old.cov.scale_factor() if old.cov.gaussian else None
+        if A is None:
+            raise ValueError(f"whitening needs a Gaussian posterior whose covariance keeps a square-root factor "
+                             f"(diag, full, precision), not a {old.structure!r} one")
+        self.mu = old.active_loc
+        self.diag = A.dim() == 1
+        self.A = A
 
     def theta(self, z: torch.Tensor) -> torch.Tensor:
         A, mu = self.A.to(z.dtype), self.mu.to(z.dtype)

@@ -43,7 +43,8 @@ import torch
 
 from ..inference.fit import ALLOWED_OPTIONS, fit
 from ..inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
-from ..inference.laplace import laplace_fields, lbfgs_rounds
+from ..inference.covariance import Precision, structure_class
+from ..inference.laplace import laplace_covariance, lbfgs_rounds
 from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
 from ..inference.svi import GUIDES, STRUCTURE_OF
@@ -51,13 +52,13 @@ from ..inference.svi import GUIDES, STRUCTURE_OF
 from .base import ForgetSet, register
 from .laplace import forget_curvature
 
-__all__ = ["lm_mode", "gaussian_fields_from_precision"]
+__all__ = ["lm_mode"]
 
 _CURV_KEYS = ("curvature", "structure", "subset", "repair", "floor")
 
 
 def _refuse_empirical(old: Posterior, name: str) -> None:
-    if old.structure == "empirical":
+    if not old.cov.gaussian:
         raise ValueError(f"{name} needs a Gaussian posterior; this one is empirical ({old.family} draws): a warm "
                          "NUTS chain costs as much as retraining, use method='retrain'")
 
@@ -75,10 +76,10 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
     primal = choose_solver(solver, problem.rows(theta0), len(theta0)) == "primal"
     # (on the dual path a Jacobian costs less than factorising the dense d x d precision, so only the
     # primal path reuses it)
-    if primal and old.structure == "precision" and old.active is None and curv.get("curvature") == "ggn":
+    if primal and isinstance(old.cov, Precision) and old.active is None and curv.get("curvature") == "ggn":
         # the old precision is P + G_D(θ*); minus G_f(θ*) it is L_r's GGN at θ*: no Jacobian needed
-        _, G_f = forget_curvature(old, fs, theta0, "dense", "ggn")
-        first = old.precision.to(torch.float64) - G_f
+        _, G_f = forget_curvature(old, fs, theta0, old.cov.curvature_form, "ggn")
+        first = old.cov.precision_form() - G_f
     return levenberg_marquardt(problem, theta0, max_iters=max_iters, rtol=rtol, gtol=gtol,
                                time_budget_s=time_budget_s, solver=solver, mu0=mu0, tau=tau, chunk=chunk,
                                first_curvature=first)
@@ -98,24 +99,6 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
         rep["stop"] = "converged (L-BFGS handover)"
     rep["losses"] = rep["losses"] + [problem.value(best)]
     return best, rep
-
-
-def gaussian_fields_from_precision(prec: torch.Tensor, family: str, loc: torch.Tensor,
-                                   rank: int | None = None) -> dict[str, torch.Tensor]:
-    """A Gaussian N(loc, Λ⁻¹) written in an SVI guide's structure (mean-field: the diagonal of Λ,
-    the mean-field optimum for a Gaussian target; full-rank: chol(Λ⁻¹); low-rank: the top eigenpairs
-    of Λ⁻¹ plus the remaining diagonal)."""
-    dt = loc.dtype
-    if family == "meanfield":
-        return {"loc": loc, "scale": torch.diagonal(prec).rsqrt().to(dt)}
-    cov = torch.cholesky_inverse(torch.linalg.cholesky(prec))
-    if family == "fullrank":
-        return {"loc": loc, "scale_tril": torch.linalg.cholesky(cov).to(dt)}
-    r = rank or max(1, int(round(len(loc) ** 0.5)))
-    ev, V = torch.linalg.eigh(cov)
-    F = V[:, -r:] * ev[-r:].clamp_min(0).sqrt()
-    diag = (torch.diagonal(cov) - F.pow(2).sum(1)).clamp_min(1e-12)
-    return {"loc": loc, "cov_factor": F.to(dt), "cov_diag": diag.to(dt)}
 
 
 @register("lm-refit", "warm Levenberg-Marquardt re-fit of the retained objective from θ* (dual/primal/CG "
@@ -146,24 +129,20 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         opts = (old.meta.get("fit") or {}).get("options", {})
         curv = {k: opts[k] for k in _CURV_KEYS if k in opts}
         bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
-        fields, facts = laplace_fields(bound, fs.x_retain, fs.y_retain, theta, **curv)
-        structure = "diag" if "scale" in fields else "precision"
-        if structure == "diag":
-            fields = {k: v.to(old.loc.dtype) for k, v in fields.items()}
+        cov, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta, **curv)
         meta_curv = facts
     else:  # an SVI posterior: the GGN Laplace at the new mode, written in the guide's structure
         bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
-        fields_l, facts = laplace_fields(bound, fs.x_retain, fs.y_retain, theta, curvature="ggn", structure="full")
-        rank = old.cov_factor.shape[1] if old.cov_factor is not None else None
-        fields = gaussian_fields_from_precision(fields_l["precision"], old.family, theta.to(old.loc.dtype), rank)
-        structure = STRUCTURE_OF[old.family]
-        meta_curv = {**facts, "written_as": structure}
+        laplace, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta, curvature="ggn", structure="full")
+        rank = getattr(old.cov, "rank", None)  # a low-rank guide keeps its rank
+        cov = structure_class(STRUCTURE_OF[old.family]).from_precision(laplace.precision, rank=rank).to(old.loc.dtype)
+        meta_curv = {**facts, "written_as": cov.name}
         warnings.append(f"lm-refit on a {old.family} posterior returns the GGN Laplace approximation at the new "
                         "mode in the guide's structure, not an SVI fit; use elbo-refit for the guide itself")
     diag["curvature_time_s"] = time.perf_counter() - t0
     diag["precision_min_eigenvalue"] = facts.get("min_eigenvalue")
-    post = Posterior(structure=structure, family=old.family, layout=old.layout,
-                     meta={"fit": old.meta.get("fit"), "curvature": meta_curv}, **fields)
+    post = Posterior(loc=theta.to(cov.dtype), cov=cov, family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": meta_curv})
     return {"posterior": post, "warnings": warnings, "diagnostics": diag, "steps": rep["iterations"],
             "final_objective": rep["losses"][-1], "losses": rep["losses"]}
 

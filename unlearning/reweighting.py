@@ -38,6 +38,7 @@ import math
 import numpy as np
 import torch
 
+from ..inference.covariance import Covariance, Empirical, Full
 from ..inference.posterior import Posterior
 
 from .base import ForgetSet, forget_bound, register
@@ -55,12 +56,8 @@ def importance_draws(old: Posterior, forget: ForgetLikelihood, num_samples: int,
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_DRAWS:
         raise ValueError(f"num_samples must be an integer >= {MIN_DRAWS} (importance weights and Pareto k̂ need "
                          f"draws), got {num_samples!r}")
-    if old.structure == "empirical":
-        theta = old.samples
-        base = torch.log(old.weights())
-    else:
-        theta = old.sample(num_samples, seed=seed)
-        base = torch.full((len(theta),), -math.log(len(theta)), dtype=theta.dtype)
+    theta, w = old.draws(num_samples, seed)  # weighted draws as they are, else i.i.d. draws
+    base = torch.full((len(theta),), -math.log(len(theta)), dtype=theta.dtype) if w is None else torch.log(w)
     with torch.no_grad():
         ll = forget(theta).to(theta.dtype)
     return theta, base, base - ll
@@ -87,11 +84,12 @@ def _pareto_k(log_w: torch.Tensor) -> tuple[torch.Tensor, float]:
     return torch.as_tensor(np.asarray(smoothed), dtype=torch.float64), float(np.asarray(khat))
 
 
-def reliability_warnings(khat: float, ess: float, dim: int, structure: str, num: int) -> list[str]:
+def reliability_warnings(khat: float, ess: float, dim: int, cov: Covariance | None, num: int) -> list[str]:
     """Warnings for the calibrated regimes (benchmarks/conjugate_accuracy.py): k̂ > 0.7 unreliable;
-    k̂ > 0.5 or p/(2 ESS) > ``VERDICT_RULES["ess_kl_uncertain"]``: KL to exact retraining likely above 0.02."""
+    k̂ > 0.5 or p/(2 ESS) > ``VERDICT_RULES["ess_kl_uncertain"]``: KL to exact retraining likely above 0.02
+    (p the moments the structure of ``cov`` matches, full-covariance moments for None)."""
     out = []
-    mc = ess_kl(ess, dim, structure)
+    mc = ess_kl(ess, dim, cov)
     if not khat <= VERDICT_RULES["khat_fail"]:
         out.append(f"Pareto k̂ = {khat:.2f} > {VERDICT_RULES['khat_fail']}: the importance-sampling estimate of "
                    "p(θ|D_r) is unreliable for this request")
@@ -111,7 +109,6 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
     forget = ForgetLikelihood(forget_bound(old, fs), fs.x_forget, fs.y_forget, old=old, lam=lam, quantile=quantile)
     theta, base, log_w = importance_draws(old, forget, num_samples, seed)
     w, mu, cov = weighted_moments(theta, log_w)
-    dtype = old.loc.dtype
     ess = _ess(w)
     # k̂ of the unadjusted weights 1/p(D_f|θ): how far into q's tail the target lies, where the
     # adjustment truncates the weights (the adjusted weights are bounded and always look tame)
@@ -119,34 +116,17 @@ def rkl(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
         raw = base - (forget.per_point(theta).sum(-1).to(base.dtype) if forget.adjusted else 0.0)
     _, khat = _pareto_k(raw if forget.adjusted else log_w)
     idx = old.active
-    dim = len(idx) if idx is not None else old.loc.numel()
-    warnings = reliability_warnings(khat, ess, dim, "diag" if old.structure == "diag" else "full", len(w))
-    if idx is not None:
-        cov_a, mu_a = cov[idx][:, idx], mu[idx]
-    else:
-        cov_a, mu_a = cov, mu
-    loc = mu.to(dtype)
-    if old.structure == "diag":
-        fields, structure = {"scale": cov_a.diagonal().clamp_min(1e-30).sqrt().to(dtype)}, "diag"
-    elif old.structure == "lowrank":
-        r = rank or old.cov_factor.shape[1]
-        ev, V = torch.linalg.eigh(cov_a)
-        top = V[:, -r:] * ev[-r:].clamp_min(0).sqrt()
-        resid = (cov_a.diagonal() - top.pow(2).sum(-1)).clamp_min(1e-12)
-        fields, structure = {"cov_factor": top.to(dtype), "cov_diag": resid.to(dtype)}, "lowrank"
-    else:
-        from ..inference.posterior import gaussian_from_moments
-
-        _, L = gaussian_from_moments(mu_a, cov_a)
-        fields, structure = {"scale_tril": L.to(dtype)}, "full"
-        if old.structure == "precision":
-            fields, structure = {"precision": torch.cholesky_inverse(L)}, "precision"
-            loc = mu
-    post = Posterior(loc=loc, structure=structure, family=old.family, layout=old.layout, active=idx,
-                     meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature")}, **fields)
+    dim = old.cov.size
+    warnings = reliability_warnings(khat, ess, dim, old.cov, len(w))
+    cov_a = cov if idx is None else cov[idx][:, idx]
+    # the old posterior's structure (weighted draws are summarised by a full-rank Gaussian), in its dtype
+    target = type(old.cov) if old.cov.gaussian else Full
+    new_cov = target.from_moments(cov_a, active=idx, rank=rank or getattr(old.cov, "rank", None)).to(old.cov.dtype)
+    post = Posterior(loc=mu.to(new_cov.dtype), cov=new_cov, family=old.family, layout=old.layout,
+                     meta={"fit": old.meta.get("fit"), "curvature": old.meta.get("curvature")})
     return {"posterior": post, "warnings": warnings,
             "diagnostics": {"ess": ess, "num_samples": len(w), "log_lambda": forget.log_lam, "pareto_k": khat,
-                            "ess_kl": ess_kl(ess, dim, "diag" if old.structure == "diag" else "full")}}
+                            "ess_kl": ess_kl(ess, dim, old.cov)}}
 
 
 @register("psis", "Pareto-smoothed importance reweighting of draws of q(θ|D) by 1/p(D_f|θ); reports k̂ "
@@ -157,9 +137,9 @@ def psis(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     log_w_s, khat = _pareto_k(log_w)
     w = torch.softmax(log_w_s, 0)
     dim = theta.shape[-1]
-    warnings = reliability_warnings(khat, _ess(w), dim, "full", len(w))
-    post = Posterior(loc=(w @ theta.to(torch.float64)).to(theta.dtype), structure="empirical", samples=theta,
-                     log_weights=log_w_s.to(theta.dtype), family=old.family, layout=old.layout,
+    warnings = reliability_warnings(khat, _ess(w), dim, None, len(w))
+    post = Posterior(loc=(w @ theta.to(torch.float64)).to(theta.dtype),
+                     cov=Empirical(theta, log_weights=log_w_s.to(theta.dtype)), family=old.family, layout=old.layout,
                      meta={"fit": old.meta.get("fit")})
     return {"posterior": post, "warnings": warnings,
             "diagnostics": {"pareto_k": khat, "ess": _ess(w), "num_samples": len(w), "ess_kl": ess_kl(_ess(w), dim)}}

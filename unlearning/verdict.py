@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ..inference.covariance import Covariance
 from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
 
@@ -51,12 +52,13 @@ VERDICT_RULES = {"ok_ratio": 0.02, "fail_ratio": 0.5, "khat_uncertain": 0.5, "kh
                  "ess_kl_uncertain": 0.006, "exact_max": 20000, "batch_size": 4096, "num_draws": 64}
 
 
-def ess_kl(ess: float, dim: int, structure: str = "full") -> float:
+def ess_kl(ess: float, dim: int, cov: Covariance | type[Covariance] | None = None) -> float:
     """p / (2 ESS): the expected KL between a Gaussian moment-matched to ESS independent draws and the
-    Gaussian of the exact moments, p the number of moments matched (2d for "diag", d + d(d+1)/2
-    otherwise). The Monte-Carlo floor of importance reweighting (rkl, psis); heavy-tailed weights
-    (k̂ > 0.5) make the actual error larger."""
-    p = 2 * dim if structure == "diag" else dim + dim * (dim + 1) // 2
+    Gaussian of the exact moments, p the number of moments matched by the structure of ``cov``
+    (``Covariance.num_moments``: 2d for a diagonal one; d + d(d+1)/2 otherwise and for None). The
+    Monte-Carlo floor of importance reweighting (rkl, psis); heavy-tailed weights (k̂ > 0.5) make the
+    actual error larger."""
+    p = (cov or Covariance).num_moments(dim)
     return p / (2.0 * max(ess, 1e-12))
 
 
@@ -125,7 +127,7 @@ def _draws(post: Posterior, num: int, seed: int) -> tuple[torch.Tensor, torch.Te
     """Draws at which the mean gradient is estimated: the mean itself (Laplace family), resampled
     draws (empirical), or antithetic pairs μ ± δ (other Gaussians): the pair mean cancels the term of
     the gradient that is linear in δ, by far the noisiest for a net, at no cost in bias."""
-    if post.structure == "empirical":
+    if not post.cov.gaussian:
         if len(post.samples) <= num:
             return post.samples, post.weights()
         return post.sample(num, seed=seed), None   # resampled by weight: num gradients, not one per draw
@@ -169,8 +171,8 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
         if ess < R["min_ess"]:
             reasons_fail.append(f"the importance weights degenerated (ESS {ess:.1f} < {R['min_ess']:g})")
         else:
-            dim = len(new.active) if new.active is not None else new.loc.numel()
-            mc = ess_kl(ess, dim, new.structure)
+            dim = new.cov.size
+            mc = ess_kl(ess, dim, new.cov)
             numbers["ess_kl"] = mc
             if mc > R["ess_kl_uncertain"]:
                 reasons_unc.append(f"ESS {ess:.0f} is too small for the {dim}-dim. moments: Monte-Carlo KL ≈ p/(2 ESS) = "
@@ -184,8 +186,8 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
             bound_f = BoundModel(old.model, x_forget, y_forget)
             th_new, w_new = _draws(new, R["num_draws"], seed)
             th_old, w_old = _draws(old, R["num_draws"], seed)
-            anti_new = new.structure != "empirical" and len(th_new) > 1
-            anti_old = old.structure != "empirical" and len(th_old) > 1
+            anti_new = new.cov.gaussian and len(th_new) > 1
+            anti_old = old.cov.gaussian and len(th_old) > 1
             g_r, se_r = retained_gradient(bound_r, new.x, new.y, th_new, w_new, exact_max=R["exact_max"],
                                           batch_size=R["batch_size"], seed=seed, antithetic=anti_new)
             g_f, se_f = retained_gradient(bound_f, x_forget, y_forget, th_old, w_old, with_prior=False,

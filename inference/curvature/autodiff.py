@@ -35,10 +35,10 @@ from typing import Callable
 import torch
 from torch.distributions import Normal
 
-from .latent import BoundModel
+from ..latent import BoundModel
 
 __all__ = ["hessian", "hessian_diagonal", "per_example_jacobians", "scale_depends_on_theta", "whitened_jacobian", "ggn",
-           "ggn_diagonal", "prior_curvature", "prior_curvature_diagonal"]
+           "ggn_diagonal", "prior_curvature", "prior_curvature_diagonal", "observation_params", "mean_jacobian"]
 
 
 def hessian(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def _obs_base(fn: torch.distributions.Distribution) -> Normal:
     return base
 
 
-def _obs_params(bound: BoundModel, x: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def observation_params(bound: BoundModel, x: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     def params(theta: torch.Tensor):
         base = _obs_base(bound.observation(theta, x))
         n = len(x)
@@ -102,7 +102,7 @@ def scale_depends_on_theta(bound: BoundModel, x: torch.Tensor, theta: torch.Tens
     """Whether the observation scale s_i(θ) varies with θ (learned or heteroscedastic noise)."""
     t = theta.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
-        _, s = _obs_params(bound, x[:1].to(torch.float64))(t)
+        _, s = observation_params(bound, x[:1].to(torch.float64))(t)
     return bool(s.requires_grad)
 
 
@@ -119,7 +119,7 @@ def per_example_jacobians(bound: BoundModel, x: torch.Tensor, theta: torch.Tenso
     x = x.to(torch.float64)
     if with_scale is None:
         with_scale = scale_depends_on_theta(bound, x, theta)
-    m, s = _obs_params(bound, x)(theta)
+    m, s = observation_params(bound, x)(theta)
 
     def one(t: torch.Tensor, xi: torch.Tensor, which: int) -> torch.Tensor:
         base = _obs_base(bound.observation(t, xi[None]))
@@ -131,7 +131,7 @@ def per_example_jacobians(bound: BoundModel, x: torch.Tensor, theta: torch.Tenso
         Js = torch.func.vmap(torch.func.grad(lambda t, xi: one(t, xi, 1)), in_dims=(None, 0),
                              chunk_size=chunk)(theta, x) if with_scale else None
     except Exception:  # models vmap cannot batch: the O(N² d) jacrev of the batched output, in chunks
-        parts = [torch.func.jacrev(_obs_params(bound, x[i:i + 128]))(theta) for i in range(0, len(x), 128)]
+        parts = [torch.func.jacrev(observation_params(bound, x[i:i + 128]))(theta) for i in range(0, len(x), 128)]
         Jm = torch.cat([p[0] for p in parts])
         Js = torch.cat([p[1] for p in parts]) if with_scale else None
     return Jm, Js, m, s
@@ -209,3 +209,12 @@ def prior_curvature_diagonal(bound: BoundModel, x: torch.Tensor, theta: torch.Te
     g = lambda t: torch.func.grad(lambda u: bound.log_prior(u, x))(t)  # noqa: E731
     _, hv = torch.func.jvp(g, (theta,), (torch.ones_like(theta),))
     return -hv
+
+
+def mean_jacobian(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """J = ∂m(x_i, θ)/∂θ at θ, [N, d]: per-example gradients (O(N d)) for a Normal observation, else the
+    ``jacrev`` of the batched mean (O(N² d), so call it on chunks of rows)."""
+    try:
+        return per_example_jacobians(bound, x, theta, with_scale=False)[0]
+    except NotImplementedError:
+        return torch.func.jacrev(lambda t: bound.predictive_moments(t, x)[0])(theta)

@@ -37,7 +37,9 @@ Four questions, each with a figure and a JSON section (``run`` returns the dict,
 
 One retrain is computed per forget set and shared by every method and λ.
 
-    python -m analysis.pitfalls --out docs/pitfalls [--quick]
+A research study, not part of the installed library: run it from the repository root,
+
+    python -m benchmarks.pitfalls --out docs/pitfalls [--quick]
 
 Runtime: full ~14 min, quick ~15–25 s on a shared 2-core CPU with OMP_NUM_THREADS=1 (with two torch
 threads competing against another process the same run was several times slower).
@@ -55,20 +57,51 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inference import fit, predict
-from ..inference.laplace import NotPositiveDefiniteError, laplace_fields
-from ..models import BayesianMLP
-from ..models.forget_sets import forget_fraction, forget_random, forget_region, split
-from ..models.data import synthetic_1d
-from ..unlearning import unlearn
-from ..unlearning.base import locate_forget_set
-from ..unlearning.laplace import downdate, forget_curvature, old_precision
-from ..unlearning.objective import lambda_from_quantile
+from bayes_unlearn.analysis.figures import (plot_gap_closed, plot_gap_closed_sweep, plot_kl_sweep, plot_loss_curves,
+                                            plot_predictive_bands, plot_spectra)
+from bayes_unlearn.analysis.metrics import gap_closed, predictive_kl
+from bayes_unlearn.inference import fit, predict
+from bayes_unlearn.models import BayesianMLP
+from bayes_unlearn.models.data import synthetic_1d
+from bayes_unlearn.models.forget_sets import forget_fraction, forget_random, forget_region, split
+from bayes_unlearn.unlearning import unlearn
+from bayes_unlearn.unlearning.objective import lambda_from_quantile
 
-from .figures import save_figure, plot_gap_closed, plot_loss_curves, plot_predictive_bands, plot_spectra
-from .metrics import gap_closed, predictive_kl
+__all__ = ["run", "main", "CONFIGS", "downdate_parts"]
 
-__all__ = ["run", "main", "CONFIGS"]
+
+def downdate_parts(post, xf, yf, curvature: str) -> tuple[torch.Tensor, torch.Tensor, dict, str | None]:
+    """(Λ, H_f, facts of Λ's fit, refusal) for the Laplace down-date Λ_r = Λ − H_f of a full-GGN ``post``.
+
+    Λ: for ``curvature="ggn"`` the posterior's own precision; for ``"exact"`` the exact negative Hessian
+    of the log joint at the posterior's mode, eigenvalue-clipped as ``fit(..., curvature="exact",
+    repair="clip")`` clips it (the same mode as the GGN fit, so the MAP search is not run twice).
+    H_f: −∇² log p(D_f | θ*) (or its GGN) over D_f = (xf, yf). refusal: the message of the positive-
+    definiteness check ``laplace-downdate`` runs on Λ − H_f (it refuses unless ``repair=`` is given), or
+    None. ``unlearn`` refuses an indefinite Λ_r instead of returning it, so the study builds the parts from
+    the library's public pieces: the Laplace covariance at a given θ*, the forget set's curvature and the
+    ``Precision`` class's down-date (the check ``laplace-downdate`` runs).
+    """
+    from bayes_unlearn.inference.covariance import NotPositiveDefiniteError, Precision
+    from bayes_unlearn.inference.laplace import laplace_covariance
+    from bayes_unlearn.unlearning import locate_forget_set
+    from bayes_unlearn.unlearning.laplace import forget_curvature
+
+    if not isinstance(post.cov, Precision):
+        raise ValueError(f"downdate_parts needs a full Laplace posterior (structure 'precision'), got {post.structure!r}")
+    theta = post.loc.detach().to(torch.float64)
+    if curvature == "exact":
+        cov, fit_facts = laplace_covariance(post.bound_model(), post.x, post.y, theta, curvature="exact", repair="clip")
+        prec = cov.precision
+    else:
+        prec, fit_facts = post.precision.to(torch.float64), post.meta.get("curvature") or {}
+    _, H = forget_curvature(post, locate_forget_set(post, xf, yf), theta, "dense", curvature)
+    try:
+        Precision(prec).downdate(H)
+    except NotPositiveDefiniteError as e:
+        return prec, H, fit_facts, str(e)
+    return prec, H, fit_facts, None
+
 
 SPLITS = ("forget", "retain", "test")
 METHODS = ["laplace-downdate", "eubo-adjusted", "rkl", "retrain-warm"]
@@ -239,41 +272,18 @@ def _lambda_label(p: dict) -> str:
 
 
 def plot_lambda_sweep(path, section: dict) -> Path:
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    pts = section["points"]
-    xs = np.arange(len(pts))
-    with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharey=True)
-    colors = {"eubo-adjusted": "tab:blue", "rkl": "tab:orange"}
-    for ax, s in zip(axes, SPLITS):
-        for m, c in colors.items():
-            have = np.array([m in p for p in pts])
-            ys = np.array([p[m][f"{s}/predictive_kl"] if m in p else np.nan for p in pts], dtype=float)
-            div = np.array([bool(p[m].get("diverged")) if m in p else False for p in pts])
-            ax.plot(xs[have], ys[have], marker="o", color=c, label=m)
-            if div.any():
-                ax.scatter(xs[div], ys[div], s=110, facecolor="none", edgecolor="red", lw=1.5, zorder=5,
-                           label=f"{m}: diverged (old posterior returned)")
-        ax.axhline(section["none"][f"{s}/predictive_kl"], color="0.3", ls="--", label="none (do nothing)")
-        ax.set_yscale("log")
-        ax.set_xticks(xs)
-        ax.set_xticklabels([_lambda_label(p) for p in pts], fontsize=8)
-        ax.set_title({"forget": "on the forgotten points D_f", "retain": "on the retained points D_r",
-                      "test": "on the test grid"}[s], fontsize=10)
-        ax.set_xlabel("threshold λ (top line) and the mass of q(θ|D) inside the ball\n"
-                      "q > λ·max q where the forget likelihood counts (bottom line)", fontsize=8.5)
-    axes[0].set_ylabel("predictive KL to retrain (log scale; lower is better)")
-    h, lab = axes[0].get_legend_handles_labels()
-    uniq = dict(zip(lab, h))
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=len(uniq), frameon=False, fontsize=9,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"Adjusted-likelihood threshold λ vs. distance to exact retraining "
-                 f"(region deletion, {section['num_forget']} points, d = {section['dim']})\n"
-                 "below the dashed line = better than doing nothing", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return save_figure(fig, path)
+    """The λ sweep's figure: predictive KL to retrain per split against λ (``figures.plot_kl_sweep``)."""
+    pts, methods = section["points"], ("eubo-adjusted", "rkl")
+    kl = {m: {s: [p[m][f"{s}/predictive_kl"] if m in p else None for p in pts] for s in SPLITS} for m in methods}
+    flagged = {m: [bool(p[m].get("diverged")) if m in p else False for p in pts] for m in methods}
+    return plot_kl_sweep(
+        path, [_lambda_label(p) for p in pts], kl, flagged=flagged,
+        reference={s: section["none"][f"{s}/predictive_kl"] for s in SPLITS},
+        xlabel="threshold λ (top line) and the mass of q(θ|D) inside the ball\n"
+               "q > λ·max q where the forget likelihood counts (bottom line)",
+        title=f"Adjusted-likelihood threshold λ vs. distance to exact retraining "
+              f"(region deletion, {section['num_forget']} points, d = {section['dim']})\n"
+              "below the dashed line = better than doing nothing")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,35 +295,21 @@ def _sym_eigvals(m: torch.Tensor) -> np.ndarray:
 
 
 def downdate_check(post, xf, yf, curvature: str) -> tuple[dict, dict]:
-    """The down-date Λ − H_f of ``post`` in the given curvature, checked as ``laplace-downdate`` checks it.
-
-    For ``curvature="exact"`` Λ is the exact negative Hessian of the log joint at the posterior's mode,
-    eigenvalue-clipped as ``fit(..., curvature="exact", repair="clip")`` clips it (the same MAP as the GGN
-    fit, so the MAP search is not run twice). Returns (facts, spectra)."""
-    fs = locate_forget_set(post, xf, yf)
-    theta = post.loc.detach().to(torch.float64)
+    """The down-date Λ − H_f of ``post`` in the given curvature (:func:`downdate_parts`), checked as
+    ``laplace-downdate`` checks it. Returns (facts, spectra of Λ, Λ − H_f and H_f)."""
+    prec, H, fit_facts, refusal = downdate_parts(post, xf, yf, curvature)
     facts = {}
-    if curvature == "exact":
-        fields, fit_facts = laplace_fields(post.bound_model(), post.x, post.y, theta, curvature="exact", repair="clip")
-        prec, kind = fields["precision"], "dense"
-    else:
-        prec, kind, _ = old_precision(post)
-        fit_facts = post.meta.get("curvature") or {}
     facts["fit_min_eigenvalue"] = fit_facts.get("min_eigenvalue")
     facts["fit_num_nonpositive"] = fit_facts.get("num_nonpositive")
     facts["fit_repair"] = fit_facts.get("repair")
-    _, H = forget_curvature(post, fs, theta, kind, curvature)
     spectra = {"before": _sym_eigvals(prec), "after": _sym_eigvals(prec - H), "forget": _sym_eigvals(H)}
     facts["dim"] = len(spectra["before"])
     facts["downdate_min_eigenvalue"] = float(spectra["after"].min())
     facts["downdate_num_negative"] = int((spectra["after"] <= 0).sum())
     facts["forget_curvature_num_negative"] = int((spectra["forget"] < 0).sum())
-    try:  # the very check laplace-downdate runs (it refuses unless repair= is given)
-        downdate(prec, H, kind, None, None)
-        facts["downdate_refused"] = False
-    except NotPositiveDefiniteError as e:
-        facts["downdate_refused"] = True
-        facts["refusal"] = str(e)[:300]
+    facts["downdate_refused"] = refusal is not None  # the very check laplace-downdate runs
+    if refusal is not None:
+        facts["refusal"] = refusal[:300]
     return facts, spectra
 
 
@@ -372,48 +368,20 @@ def _gap_rows(rows: list[dict], suffix: str = "") -> list[dict]:
 
 
 def plot_fraction(path, section: dict) -> Path:
-    import matplotlib
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    lo, hi = -1.5, 1.2
-    fr = [100 * e["fraction"] for e in section["entries"]]
-    with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharey=True)
-    palette = sns.color_palette("colorblind", len(METHODS))
-    for ax, s in zip(axes, SPLITS):
-        ax.axhline(1, color="tab:green", ls="--", lw=1.2, label="1: as good as retraining")
-        ax.axhline(0, color="0.3", lw=1.0, label="0: no better than doing nothing")
-        for j, (m, c) in enumerate(zip(METHODS, palette)):
-            ys = []
-            for e in section["entries"]:
-                r = next((r for r in e["rows"] if r["method"] == m), None)
-                v = None if r is None else r[f"{s}/gap_closed"]
-                ys.append(math.nan if v is None else v)
-            if all(math.isnan(y) for y in ys):
-                continue
-            ys = np.array(ys, dtype=float)
-            ax.plot(fr, np.clip(ys, lo, hi), marker="o", color=c, label=m)
-            for x, y in zip(fr, ys):
-                if np.isfinite(y) and not lo <= y <= hi:
-                    ax.annotate(f"{y:.3g}", (x, np.clip(y, lo, hi)), textcoords="offset points",
-                                xytext=(0, -10 - 9 * j if y < lo else 5 + 9 * j), ha="center", fontsize=7,
-                                color=c)
-        ax.set_ylim(lo - 0.5, hi + 0.1)
-        ax.set_xscale("log")
-        ax.set_xticks(fr)
-        ax.set_xticklabels([f"{f:g}%" for f in fr])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("fraction of the data deleted (random points)")
-        ax.set_title({"forget": "on D_f", "retain": "on D_r", "test": "on the test grid"}[s], fontsize=10)
-    axes[0].set_ylabel(f"gap closed (clipped to [{lo}, {hi}]; labels: true values)")
-    h, lab = axes[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="lower center", ncol=len(lab), frameon=False, fontsize=9, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Gap closed towards retraining vs. how much is deleted (random deletion)\n"
-                 "small forget sets: d(none, retrain) is tiny, so gap closed is a ratio of two small numbers",
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return save_figure(fig, path)
+    """The deletion-fraction figure: gap closed per split against the fraction deleted
+    (``figures.plot_gap_closed_sweep``)."""
+    entries = section["entries"]
+    fr = [100 * e["fraction"] for e in entries]
+    present = {r["method"] for e in entries for r in e["rows"]}
+    gaps = {}
+    for m in (m for m in METHODS if m in present):
+        rows = [next((r for r in e["rows"] if r["method"] == m), None) for e in entries]
+        gaps[m] = {s: [None if r is None else r[f"{s}/gap_closed"] for r in rows] for s in SPLITS}
+    return plot_gap_closed_sweep(
+        path, fr, gaps, xticklabels=[f"{f:g}%" for f in fr], log_x=True,
+        xlabel="fraction of the data deleted (random points)",
+        title="Gap closed towards retraining vs. how much is deleted (random deletion)\n"
+              "small forget sets: d(none, retrain) is tiny, so gap closed is a ratio of two small numbers")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -523,7 +491,7 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bayes-unlearn pitfalls", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.pitfalls", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="docs/pitfalls", help="folder for pitfalls.json and the PNGs")
     ap.add_argument("--quick", action="store_true", help="tiny problem, few steps, 2 λ values (< 1 min)")
     ap.add_argument("--seed", type=int, default=0)
