@@ -1,15 +1,16 @@
 """SVI with its default options on every guide family (issue 15), and divergence handling.
 
 References are the measurements of ``python -m benchmarks.svi_defaults`` (benchmarks/results/
-svi_defaults.json): the final ELBO of each family's seed-0 fit, estimated with 256 posterior draws as
-mean log p(θ, D) + H[q]. Fits are seeded and deterministic, so on the measured torch the test
-reproduces the number exactly; the margins leave room for other torch builds and are stated with
-each assert.
+svi_defaults.json): the final ELBOs of each family's fits over seeds 0-4, estimated with 256 posterior
+draws as mean log p(θ, D) + H[q]. Fits are seeded and deterministic on one machine, but not across
+machines (see :func:`elbo_band`), so the check is a band around the seeds' range, not a seed's number.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -23,10 +24,18 @@ from bayes_unlearn.inference.svi import DirectELBO, family_defaults, make_guide,
 from bayes_unlearn.models import BayesianLinearRegression
 
 FAMILIES = ("meanfield", "lowrank", "fullrank")
-# seed-0 final ELBOs measured by benchmarks/svi_defaults.py (torch 2.13.0, one thread)
-QUICK_REF = {"meanfield": -175.56, "lowrank": -184.45, "fullrank": -154.98}
-DEFAULT_REF = {"meanfield": -694.78, "lowrank": -860.01, "fullrank": -719.70}
-ELBO_MARGIN = 5.0  # nats; the 256-draw estimate itself has a standard error below 0.5 nat here
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "svi_defaults.json"
+
+
+def elbo_band(net: str, family: str) -> tuple[float, float]:
+    """The band a default fit's final ELBO must land in: the range over seeds 0-4 measured by
+    ``benchmarks/svi_defaults.py``, widened by half its width on each side. Not the seed's own number: an
+    SVI trajectory is chaotic in the last bits of floating point, and the same seed-0 fit measured on two
+    machines with the same torch differed by 66 nats (meanfield) and 110 nats (lowrank), while seeds span
+    110-270 nats. A failed fit (stuck near the prior, or run off) lands hundreds to thousands of nats out."""
+    rows = [r["elbo"] for r in json.loads(RESULTS.read_text())["rows"] if r["net"] == net and r["family"] == family]
+    lo, hi = min(rows), max(rows)
+    return lo - (hi - lo) / 2, hi + (hi - lo) / 2
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,8 @@ def test_quick_bnn_fits_with_defaults(quick_fits, family):
                                "factor_lr": {"meanfield": None, "lowrank": 1 / math.sqrt(10),
                                              "fullrank": 1 / math.sqrt(96)}[family]}
     elbo = elbo_estimate(post)
-    assert abs(elbo - QUICK_REF[family]) < ELBO_MARGIN, (family, elbo)
+    lo, hi = elbo_band("quick", family)
+    assert lo < elbo < hi, (family, elbo, lo, hi)
 
 
 def test_quick_bnn_fullrank_is_not_worse_than_meanfield(quick_fits):
@@ -226,4 +236,5 @@ def test_default_bnn_fits_with_defaults(family):
     post = fit(model, x, y, family, seed=0, progress=False)
     assert post.meta["report"]["converged"] and post.meta["warnings"] == []
     elbo = elbo_estimate(post)
-    assert abs(elbo - DEFAULT_REF[family]) < ELBO_MARGIN, (family, elbo)
+    lo, hi = elbo_band("default", family)
+    assert lo < elbo < hi, (family, elbo, lo, hi)

@@ -225,7 +225,8 @@ class Covariance(ABC):
                      rank: int | None = None) -> "Covariance":
         """This structure's Gaussian with the moments of the dense [k, k] covariance ``cov`` (exactly, or the
         structure's moment-matching projection; ``rank`` for low-rank structures)."""
-        raise NotImplementedError(f"a {cls.name!r} covariance cannot be built from moments")
+        raise NotImplementedError(f"a {cls.name!r} covariance cannot be built from moments, which methods that "
+                                  "moment-match draws (rkl) need; fit with structure 'full' or 'diag' to use them")
 
     @classmethod
     def from_precision(cls, precision: torch.Tensor, *, active: torch.Tensor | None = None,
