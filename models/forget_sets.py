@@ -78,6 +78,7 @@ def forget_region(
         )
     return idx.to(torch.long)
 
+
 def forget_random(n: int, k: int, seed: int = 0) -> torch.Tensor:
     """``k`` distinct indices drawn uniformly at random from ``range(n)``.
 
@@ -113,6 +114,7 @@ def forget_random(n: int, k: int, seed: int = 0) -> torch.Tensor:
         )
     perm = torch.randperm(n, generator=seeded_generator(seed))
     return torch.sort(perm[:k]).values.to(torch.long)
+
 
 def forget_fraction(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
     """A random forget set of ``round(fraction * n)`` points.
@@ -152,6 +154,7 @@ def forget_fraction(n: int, fraction: float, seed: int = 0) -> torch.Tensor:
 
 #: Corruption modes of :func:`corrupt_targets`.
 CORRUPTION_MODES = ("shift", "noise")
+
 
 def corrupt_targets(
     y: ArrayLike,
@@ -233,6 +236,7 @@ def corrupt_targets(
         out[idx_t] = (float(yt.double().mean()) + shift * std * draws).to(out.dtype)
     return out
 
+
 def split_requests(
     idx: ArrayLike, requests: int, n: int, seed: int = 0
 ) -> list[torch.Tensor]:
@@ -275,6 +279,7 @@ def split_requests(
     gen = seeded_generator(sub_seed(check_seed(seed), 2))
     order = idx_t[torch.randperm(len(idx_t), generator=gen)]
     return [torch.sort(part).values for part in torch.tensor_split(order, requests)]
+
 
 def split(
     x: ArrayLike, y: ArrayLike, forget_idx: ArrayLike

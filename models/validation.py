@@ -32,7 +32,9 @@ __all__ = ["ArrayLike", "as_regression_tensors", "check_forget_indices", "check_
 #: (nested) sequence of numbers.
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
+
 MAX_LISTED = 10  # how many offending indices an error message lists
+
 
 def check_int(value: Any, name: str) -> int:
     """Return ``value`` as a Python ``int`` or raise ``ValueError``.
@@ -49,6 +51,7 @@ def check_int(value: Any, name: str) -> int:
             f"{name} must be an integer, got {type(value).__name__} {value!r}"
         ) from None
 
+
 def check_seed(seed: Any) -> int:
     """``seed`` as a non-negative Python int; a one-line ``ValueError`` naming it otherwise (a bool, a float
     such as 1.5 or a string is refused rather than silently converted)."""
@@ -57,14 +60,17 @@ def check_seed(seed: Any) -> int:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     return seed
 
+
 def seeded_generator(seed: int) -> torch.Generator:
     """A fresh CPU generator seeded with ``seed`` (global RNG untouched)."""
     return torch.Generator().manual_seed(check_seed(seed))
+
 
 def sub_seed(seed: int, stream: int) -> int:
     """Derive an independent seed for a numbered sub-stream of ``seed``."""
     seq = np.random.SeedSequence([check_seed(seed), stream])
     return int(seq.generate_state(1, dtype=np.uint64)[0]) >> 1  # fits in int64
+
 
 def check_fraction(value: Any, name: str, *, allow_zero: bool) -> float:
     if isinstance(value, (bool, np.bool_)):
@@ -79,6 +85,7 @@ def check_fraction(value: Any, name: str, *, allow_zero: bool) -> float:
         raise ValueError(f"{name} must be in {interval}, got {value}")
     return value
 
+
 def list_preview(values: Sequence[int]) -> str:
     values = list(values)
     if len(values) <= MAX_LISTED:
@@ -86,12 +93,14 @@ def list_preview(values: Sequence[int]) -> str:
     head = ", ".join(str(v) for v in values[:MAX_LISTED])
     return f"[{head}, ...] ({len(values)} in total)"
 
+
 def first_nonfinite_row(t: torch.Tensor) -> int | None:
     bad = ~torch.isfinite(t)
     if t.dim() > 1:
         bad = bad.any(dim=1)
     rows = torch.nonzero(bad).flatten()
     return int(rows[0]) if rows.numel() else None
+
 
 def to_float_tensor(value: Any, name: str) -> torch.Tensor:
     """Convert ``value`` into a new float32 tensor (never a view of it)."""
@@ -111,6 +120,7 @@ def to_float_tensor(value: Any, name: str) -> torch.Tensor:
             f"{name} could not be converted to a numeric array: {exc}"
         ) from None
     return torch.tensor(arr, dtype=torch.float32)
+
 
 def as_regression_tensors(
     x: ArrayLike, y: ArrayLike | None = None
@@ -175,6 +185,7 @@ def as_regression_tensors(
     if row is not None:
         raise ValueError(f"y contains NaN or inf at row {row}")
     return xt, yt
+
 
 def check_forget_indices(idx: ArrayLike, n: int) -> torch.Tensor:
     """Validate user-supplied forget indices.
