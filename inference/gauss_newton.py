@@ -75,16 +75,17 @@ class NegLogJoint:
     def __post_init__(self):
         self.x = self.x.to(torch.float64)
         self.y = self.y.to(torch.float64)
-        self._grad = torch.func.grad(self._loss)
+        self._grad = torch.func.grad(self.loss)
         self._prior_first: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prior_const: torch.Tensor | None = None
 
-    def _loss(self, theta: torch.Tensor) -> torch.Tensor:
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """L(θ) = −log p̃(θ, D) as a differentiable tensor (``value`` is its float)."""
         return -self.bound.log_joint(theta, self.x, self.y)
 
     def value(self, theta: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(self._loss(theta))
+            return float(self.loss(theta))
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         return self._grad(theta.detach().to(torch.float64))

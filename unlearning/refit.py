@@ -91,7 +91,7 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
     ignores the residual curvature, so near a mode of a net its convergence can be slow and linear),
     in rounds of 50 iterations until ‖∇L_r‖ reaches the target, ``steps`` or the time budget."""
     problem = NegLogJoint(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain, fs.y_retain)
-    best, best_g, done = lbfgs_rounds(lambda t: -problem._loss(t), lambda t: float(problem.grad(t).norm()), theta,
+    best, best_g, done = lbfgs_rounds(lambda t: -problem.loss(t), lambda t: float(problem.grad(t).norm()), theta,
                                       steps, round_steps=50, gtol=rep["grad_target"], g0=rep["grad_norm"],
                                       time_budget_s=budget_s)
     rep = {**rep, "lbfgs_iterations": done, "grad_norm": best_g, "converged": best_g <= rep["grad_target"]}
