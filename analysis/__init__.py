@@ -9,7 +9,7 @@ Modules:
     metrics      function- and weight-space distances, gap closed, RMSE/NLL, membership signal
     arviz_io     any Posterior as an ArviZ InferenceData (netCDF, summaries, PSIS-LOO, Pareto k̂)
     report       metrics.csv and report.md of a results folder
-    figures      the figures of the reports (matplotlib)
+    figures      the figures of the reports and studies (seaborn / matplotlib)
     files        atomic writes of result files and a run's status.json
     sweep        scenarios × seeds of ``run`` (``bayes-unlearn sweep``), serially or on Ray
     stats        summary statistics over seeds (percentile bootstrap)

@@ -3,7 +3,7 @@
 ``fit(model, x, y, method)`` with method in "meanfield", "lowrank", "fullrank" (SVI autoguides),
 "laplace" (exact Hessian or GGN) and "nuts"; ``predict(posterior, x)`` for the predictive;
 ``BoundModel`` for the per-point log-likelihood derived from the model itself; the covariance
-structures a ``Posterior`` holds (``Diag``, ``LowRank``, ``Full``, ``Precision``, ``Empirical``).
+structures a ``Posterior`` holds (``Diag``, ``LowRank``, ``Full``, ``Precision``, ``Empirical``, ``Kron``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from ..models.validation import as_regression_tensors
 
-from .covariance import STRUCTURES, Covariance, Diag, Empirical, Full, LowRank, Precision, structure_class
+from .covariance import STRUCTURES, Covariance, Diag, Empirical, Full, Kron, LowRank, Precision, structure_class
 from .fit import METHODS, fit
 from .laplace import NotPositiveDefiniteError
 from .latent import BoundModel, LatentLayout, ModelConventionError
@@ -22,7 +22,7 @@ from .svi import DivergenceError
 
 __all__ = ["fit", "predict", "Posterior", "Prediction", "BoundModel", "LatentLayout", "METHODS",
            "DivergenceError", "NotPositiveDefiniteError", "ModelConventionError", "log_likelihood",
-           "Covariance", "Diag", "LowRank", "Full", "Precision", "Empirical", "STRUCTURES", "structure_class"]
+           "Covariance", "Diag", "LowRank", "Full", "Precision", "Empirical", "Kron", "STRUCTURES", "structure_class"]
 
 
 def log_likelihood(posterior: Posterior, x, y, num_samples: int = 200, seed: int = 0):
