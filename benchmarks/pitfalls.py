@@ -67,6 +67,8 @@ from bayes_unlearn.models.forget_sets import forget_fraction, forget_random, for
 from bayes_unlearn.unlearning import unlearn
 from bayes_unlearn.unlearning.objective import lambda_from_quantile
 
+from benchmarks._io import write_result
+
 __all__ = ["run", "main", "CONFIGS", "downdate_parts"]
 
 
@@ -477,8 +479,7 @@ def run(out_dir: str | Path | None = None, *, quick: bool = False, seed: int = 0
         if curves:
             figs["eubo_losses"] = plot_loss_curves(out / "eubo_adjusted_losses.png", curves).name
         timings["total_with_figures_s"] = time.perf_counter() - t_start
-        with open(out / "pitfalls.json", "w") as fh:
-            json.dump(_clean(result), fh, indent=2, default=str)
+        write_result(out / "pitfalls.json", _clean(result))
     return result
 
 
