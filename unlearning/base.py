@@ -24,7 +24,7 @@ from ..inference.posterior import Posterior
 from ..models.validation import as_regression_tensors
 
 __all__ = ["UnlearningResult", "REGISTRY", "register", "applies_to", "describe_methods", "accepted_options", "ForgetSet",
-           "locate_forget_set", "finish"]
+           "locate_forget_set", "finish", "require_gaussian"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,6 +225,14 @@ def forget_bound(posterior: Posterior, fs: ForgetSet) -> BoundModel:
     same = [(s.name, s.shape, s.unconstrained_shape) for s in bound.layout.sites] == \
         [(s.name, s.shape, s.unconstrained_shape) for s in posterior.layout.sites]
     return bound if same else posterior.bound_model()
+
+
+def require_gaussian(old: Posterior, name: str, remedy: str | None = None) -> None:
+    """One-line ``ValueError`` when ``old`` is a posterior of weighted draws (NUTS, psis), which method ``name``
+    cannot update; ``remedy`` says what to use instead."""
+    if not old.cov.gaussian:
+        raise ValueError(f"{name} needs a Gaussian posterior; this one is {old.structure} ({old.family} draws)"
+                         + (f": {remedy}" if remedy else ""))
 
 
 def finish(name: str, old: Posterior, fs: ForgetSet, options: dict, t0: float, out: dict,

@@ -38,7 +38,7 @@ import torch
 from ..inference.laplace import curvature_term, lbfgs_maximise
 from ..inference.posterior import Posterior
 
-from .base import ForgetSet, forget_bound, register
+from .base import ForgetSet, forget_bound, register, require_gaussian
 
 __all__ = ["forget_curvature", "old_precision", "curvature_kind"]
 
@@ -72,11 +72,6 @@ def forget_curvature(old: Posterior, fs: ForgetSet, theta: torch.Tensor, form: s
     return g, H
 
 
-def _refuse_draws(old: Posterior, name: str) -> None:
-    if not old.cov.gaussian:
-        raise ValueError(f"{name} needs a Gaussian posterior; this one is {old.structure} (draws)")
-
-
 @register("laplace-downdate", "Λ_r = Λ - H_f and one Newton step for the mean (exact Hessian or GGN, "
           "as the posterior was built)")
 def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
@@ -84,7 +79,7 @@ def laplace_downdate(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: 
                      floor: float | None = None) -> dict:
     if mean not in ("newton", "keep"):
         raise ValueError(f"mean must be 'newton' or 'keep', got {mean!r}")
-    _refuse_draws(old, "laplace-downdate")
+    require_gaussian(old, "laplace-downdate")
     curvature = curvature or curvature_kind(old)
     theta = old.loc.to(torch.float64)
     g, H = forget_curvature(old, fs, theta, old.cov.curvature_form, curvature)

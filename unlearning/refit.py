@@ -49,7 +49,7 @@ from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
 from ..inference.svi import GUIDES, STRUCTURE_OF
 
-from .base import ForgetSet, register
+from .base import ForgetSet, register, require_gaussian
 from .laplace import forget_curvature
 
 __all__ = ["lm_mode"]
@@ -57,10 +57,7 @@ __all__ = ["lm_mode"]
 _CURV_KEYS = ("curvature", "structure", "subset", "repair", "floor")
 
 
-def _refuse_empirical(old: Posterior, name: str) -> None:
-    if not old.cov.gaussian:
-        raise ValueError(f"{name} needs a Gaussian posterior; this one is empirical ({old.family} draws): a warm "
-                         "NUTS chain costs as much as retraining, use method='retrain'")
+_WARM_CHAIN = "a warm NUTS chain costs as much as retraining, use method='retrain'"
 
 
 def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol: float,
@@ -108,7 +105,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
              max_iters: int = 100, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000) -> dict:
-    _refuse_empirical(old, "lm-refit")
+    require_gaussian(old, "lm-refit", _WARM_CHAIN)
     t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
                          solver=solver, mu0=mu0, chunk=chunk, tau=tau)
@@ -158,7 +155,7 @@ def elbo_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool =
                num_steps: int = 3000, lr: float = 0.005, window: int = 50, max_plateaus: int = 3,
                batch_size: int | None = None, num_particles: int = 1, lm_max_iters: int = 50,
                lm_rtol: float = 1e-3) -> dict:
-    _refuse_empirical(old, "elbo-refit")
+    require_gaussian(old, "elbo-refit", _WARM_CHAIN)
     if old.family not in GUIDES:
         raise ValueError(f"elbo-refit re-fits an SVI guide ({sorted(GUIDES)}); this posterior is {old.family!r}: "
                          "use lm-refit for Laplace posteriors")
