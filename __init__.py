@@ -18,9 +18,13 @@ The facade below is what a user needs for the usual fit → unlearn → predict 
 
 from __future__ import annotations
 
-from . import analysis, inference, models, unlearning
-from .inference import Posterior, Prediction, fit, predict
-from .unlearning import UnlearningResult, describe_methods, unlearn, unlearn_sequential
+# Absolute imports of its own package, unlike the layers (which import each other relatively): test runners
+# that meet this file at the repository root import it under the folder's name (pytest imports a rootdir
+# ``__init__.py`` as ``main``, or as ``__init__`` when the folder's name is not an identifier, e.g. a
+# ``mktemp`` clone), where a relative import has no parent package; absolute ones load the one installed copy.
+from bayes_unlearn import analysis, inference, models, unlearning
+from bayes_unlearn.inference import Posterior, Prediction, fit, predict
+from bayes_unlearn.unlearning import UnlearningResult, describe_methods, unlearn, unlearn_sequential
 
 __version__ = "0.1.0"
 
