@@ -64,3 +64,17 @@ def test_an_installed_wheel_imports_its_own_layers_beside_a_users_lookalike_fold
     lines = run.stdout.splitlines()
     assert lines[0].startswith(str(site)) and lines[1].startswith(str(site / "bayes_unlearn" / "models"))
     assert lines[2] == "bayes_unlearn.inference.fit bayes_unlearn.unlearning.api"
+
+
+def test_the_facade_file_imports_under_any_module_name():
+    """pytest imports a rootdir ``__init__.py`` under the folder's name, or as ``__init__`` with no parent package
+    when that name is not an identifier (a ``mktemp`` clone: every test errored before the facade imported its
+    own package absolutely). Loaded that way it must give the installed package's objects, not a second copy."""
+    import importlib.util
+
+    import bayes_unlearn
+
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.fit is bayes_unlearn.fit and module.Posterior is bayes_unlearn.Posterior
