@@ -107,6 +107,8 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     rows = []
     t_ret = results["retrain"].wall_time_s
     t_lm = results["retrain-lm"].wall_time_s if "retrain-lm" in results and not isinstance(results["retrain-lm"], Exception) else None
+    # "retrain@adam" (with --method-options '{"retrain@adam": {"optimizer": "adam-lbfgs"}}'): the pre-LM default
+    t_adam = results["retrain@adam"].wall_time_s if not isinstance(results.get("retrain@adam", 0), (int, Exception)) else None
     for name, r in results.items():
         if isinstance(r, Exception):
             rows.append({"method": name, "error": f"{type(r).__name__}: {r}"})
@@ -116,6 +118,7 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
                "grad_ratio": r.verdict.get("numbers", {}).get("grad_ratio"), "reasons": r.verdict.get("reasons"),
                "speedup_vs_retrain": t_ret / r.wall_time_s if r.wall_time_s > 0 else None,
                "speedup_vs_retrain_lm": (t_lm / r.wall_time_s) if (t_lm and r.wall_time_s > 0) else None,
+               "speedup_vs_retrain_adam": (t_adam / r.wall_time_s) if (t_adam and r.wall_time_s > 0) else None,
                "verdict_time_s": r.verdict_time_s}
         if name == "auto":
             row["auto_chosen"] = r.diagnostics.get("chosen")
@@ -153,7 +156,8 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         rows = [r for s in per_seed for r in s["rows"] if r["method"] == name and "error" not in r]
         cell = {"method": name, "n": len(rows)}
         for key in [f"{s}/gap_closed" for s in SPLITS] + ["speedup_vs_retrain", "speedup_vs_retrain_lm",
-                                                           "wall_time_s", "grad_ratio"]:
+                                                           "speedup_vs_retrain_adam", "wall_time_s", "grad_ratio",
+                                                           "map_grad_norm"]:
             vals = [r.get(key) for r in rows if r.get(key) is not None]
             if vals:
                 cell[key] = bootstrap_ci(vals)
@@ -188,15 +192,19 @@ def markdown_table(doc: dict) -> str:
         if not v:
             return "–"
         return f"{fmt.format(v[0])} [{fmt.format(v[1])}, {fmt.format(v[2])}]"
+    adam = any(c.get("speedup_vs_retrain_adam") for c in doc["summary"])
     lines = ["| method | gap closed D_f | gap closed D_r | gap closed test | × retrain | × retrain-lm | "
-             "time (s) | verdicts ok/unc./failed |", "|---|---|---|---|---|---|---|---|"]
+             + ("× retrain@adam | " if adam else "") + "time (s) | verdicts ok/unc./failed |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if adam else "")]
     for c in doc["summary"]:
         v = c.get("verdicts", {})
         vs = "–" if c["method"] == "retrain-loo" else f"{v.get('ok', 0)}/{v.get('uncertain', 0)}/{v.get('failed', 0)}"
         name = "retrain-loo (noise floor)" if c["method"] == "retrain-loo" else c["method"]
         lines.append(f"| {name} | {cell(c, 'forget/gap_closed')} | {cell(c, 'retain/gap_closed')} | "
                      f"{cell(c, 'test/gap_closed')} | {cell(c, 'speedup_vs_retrain', '{:.1f}')} | "
-                     f"{cell(c, 'speedup_vs_retrain_lm', '{:.1f}')} | {cell(c, 'wall_time_s', '{:.2f}')} | {vs} |")
+                     f"{cell(c, 'speedup_vs_retrain_lm', '{:.1f}')} | "
+                     + (f"{cell(c, 'speedup_vs_retrain_adam', '{:.1f}')} | " if adam else "")
+                     + f"{cell(c, 'wall_time_s', '{:.2f}')} | {vs} |")
     vc = doc["verdict_counts"]
     lines.append("")
     lines.append(f"Seeds {doc['config']['seeds']}; {vc['results']} verdicts; \"ok\" with gap closed < 0.5 on a split: "
@@ -217,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                     "lm-refit", "auto"])
     ap.add_argument("--fit-options", default="{}",
                     help='JSON options for the original fit (and so for every retrain), e.g. \'{"optimizer": "lm"}\'')
+    ap.add_argument("--method-options", default="{}",
+                    help='JSON {method: options}; a method "NAME@TAG" runs NAME with the options of "NAME@TAG", e.g. '
+                         '\'{"retrain@adam": {"optimizer": "adam-lbfgs"}}\' (speed-ups against it: "× retrain@adam")')
     ap.add_argument("--out", help="where to write the JSON")
     ap.add_argument("--table", help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
@@ -229,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     for s in a.seeds:
         t0 = time.perf_counter()
         per_seed.append(run_seed(s, n=a.n, scenario=a.scenario, family=a.family, structure=a.structure,
-                                 methods=a.methods, K=a.references, method_options={},
+                                 methods=a.methods, K=a.references,
+                                 method_options=json.loads(a.method_options),
                                  fit_options=json.loads(a.fit_options)))
         print(f"seed {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
         doc = {"config": vars(a), "per_seed": per_seed, "summary": summarise(per_seed),

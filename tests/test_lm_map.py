@@ -138,3 +138,77 @@ def test_ggn_lbfgs_finishes_the_gauss_newton_tail_on_a_small_bnn(small_bnn):
     _, lm = levenberg_marquardt(problem, theta, max_iters=qn["iterations"], rtol=0.0, gtol=1e-3, damping="marquardt")
     assert qn["converged"], qn["grad_norm"]
     assert lm["grad_norm"] > 3 * qn["grad_norm"]
+
+
+def test_continuation_sizes_double_from_the_start_and_end_at_n():
+    from bayes_unlearn.inference.laplace import continuation_sizes
+
+    assert continuation_sizes(10_000, 512) == [512, 1024, 2048, 4096, 10_000]  # 8192 is within 1.25x of N
+    assert continuation_sizes(50_000, 512, 4.0) == [512, 2048, 8192, 32_768, 50_000]
+    assert continuation_sizes(1000, 512) == [1000] and continuation_sizes(5000, None) == [5000]
+    with pytest.raises(ValueError, match="continuation_factor"):
+        continuation_sizes(5000, 512, 1.0)
+
+
+@pytest.fixture(scope="module")
+def medium_bnn():
+    data = synthetic_1d(n=1200, seed=2)
+    return BayesianMLP(1, (8,), "tanh", prior_scale="fan_in", noise=0.1), data.x, data.y
+
+
+def test_continuation_runs_its_stages_on_nested_subsamples_and_reaches_the_mode(medium_bnn):
+    """From a prior draw with N >= 2 * continuation the LM search first fits 150, 300, 600 rows, then all 1200,
+    to the same gradient tolerance; the stages are seeded (same seed, same θ) and recorded."""
+    from bayes_unlearn.inference.laplace import find_map_lm
+
+    model, x, y = medium_bnn
+    bound = BoundModel(model, x, y)
+    theta, rep = find_map_lm(bound, x, y, seed=0, continuation=150)
+    stages = rep["lm"]["continuation"]
+    assert [s["n"] for s in stages] == [150, 300, 600]
+    assert all(s["grad_norm"] <= 1.0 or s["lm_stop"] != "converged" for s in stages)
+    g = float(NegLogJoint(bound, x, y).grad(theta).norm())
+    assert rep["converged"] and g <= 1e-3 and abs(g - rep["grad_norm_at_map"]) < 1e-9
+    again, _ = find_map_lm(bound, x, y, seed=0, continuation=150)
+    assert torch.equal(theta, again)
+    _, plain = find_map_lm(bound, x, y, seed=0, continuation=None)
+    assert plain["lm"]["continuation"] == []
+    # a warm start never runs the stages
+    _, warm = find_map_lm(bound, x, y, seed=0, continuation=150, init_loc=theta)
+    assert warm["lm"]["continuation"] == [] and warm["steps"] == 0
+
+
+def test_auto_optimizer_is_lm_from_its_threshold_for_a_normal_likelihood(medium_bnn):
+    from bayes_unlearn.inference.fit import LM_AUTO_MIN_N, resolve_optimizer
+
+    model, x, y = medium_bnn
+    assert len(x) >= LM_AUTO_MIN_N > 300
+    bound = BoundModel(model, x, y)
+    assert resolve_optimizer(bound, x, {}) == "lm"
+    assert resolve_optimizer(bound, x[:300], {}) == "adam-lbfgs"
+    assert resolve_optimizer(bound, x, {"num_steps": 100}) == "adam-lbfgs"  # an Adam option asks for Adam
+    assert resolve_optimizer(bound, x[:300], {"optimizer": "lm"}) == "lm"
+
+    import pyro
+    import pyro.distributions as dist
+
+    def student(x, y=None):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.StudentT(4.0, w * x[:, 0], 0.1), obs=y)
+    assert resolve_optimizer(BoundModel(student, x, y), x, {}) == "adam-lbfgs"  # no GGN for a Student-t
+
+
+def test_retrain_of_an_auto_fit_reuses_the_optimiser_the_fit_resolved(blr_problem):
+    """N = 1100 resolves "auto" to LM; after deleting 200 rows the retained 900 would resolve to Adam + L-BFGS,
+    but ``retrain`` re-runs the optimiser the original fit ran."""
+    from bayes_unlearn.unlearning import unlearn
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(1100, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(1100, generator=g)
+    model = blr_problem["model"]
+    post = fit(model, X, y, "laplace", progress=False)
+    assert post.meta["report"]["optimizer"] == "lm" and "optimizer" not in post.meta["fit"]["options"]
+    res = unlearn(post, X[:200], y[:200], "retrain")
+    assert res.posterior.meta["report"]["optimizer"] == "lm"

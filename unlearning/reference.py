@@ -27,6 +27,9 @@ def _refit(old: Posterior, fs: ForgetSet, seed: int, progress: bool, warm: bool,
         raise TypeError(f"unknown option(s) {sorted(bad)} for retraining a {info['method']!r} posterior; "
                         f"allowed: {sorted(allowed)}")
     opts = dict(info.get("options", {}))
+    resolved = (old.meta.get("report") or {}).get("optimizer")
+    if opts.get("optimizer", "auto") == "auto" and resolved in ("adam-lbfgs", "lm"):
+        opts["optimizer"] = resolved  # the MAP search the fit ran ("auto" resolved by the original N)
     if optimizer is not None and opts.get("optimizer", "adam-lbfgs") != optimizer:
         opts = {k: v for k, v in opts.items() if k not in ADAM_ONLY_OPTIONS}  # the original MAP search's own
         opts["optimizer"] = optimizer
