@@ -348,10 +348,13 @@ class _GGNInverse:
     Cholesky factor of the d × d matrix on the primal path, Woodbury with an M × M factor on the dual one;
     B (or A) is kept, so a new μ costs one factorisation, no Jacobian."""
 
-    def __init__(self, problem: NegLogJoint, theta: torch.Tensor, solver: str):
+    def __init__(self, problem: NegLogJoint, theta: torch.Tensor, solver: str, given: torch.Tensor | None = None):
         self.p = problem.prior_diag(theta)
         self.solver = solver
-        if solver == "dual":
+        if given is not None:  # a dense B at θ the caller already holds (e.g. a down-dated Laplace precision)
+            self.solver, self.B = "primal", given
+            self.diag = torch.diagonal(given).clone()
+        elif solver == "dual":
             self.A = problem.jacobian(theta)
             self.diag = self.p + self.A.pow(2).sum(0)
         else:
@@ -382,7 +385,8 @@ class _GGNInverse:
 
 def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 500, gtol: float = 1e-3,
               history: int = 20, refresh: int = 10, mu: float = 1e-3, solver: str = "auto",
-              time_budget_s: float | None = None) -> tuple[torch.Tensor, dict]:
+              time_budget_s: float | None = None,
+              first_curvature: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """L-BFGS whose initial inverse Hessian is the damped inverse GGN, (B(θ_ref) + μ diag B)⁻¹, with B
     re-linearised every ``refresh`` iterations; backtracking (Armijo) line search from the unit step; μ
     shrinks (÷3) after a unit step and grows (×4) after a step cut below ¼ (Levenberg–Marquardt's rule,
@@ -395,6 +399,7 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     differences but is slow in the directions the data do determine (condition number ∝ N/σ²). Here the
     GGN takes the well-determined directions and the secant pairs correct the rest (the structured
     quasi-Newton idea of Dennis, Gay & Welsch's NL2SOL, in limited-memory form).
+    ``first_curvature``: a dense B at θ₀ used until the first re-linearisation (no Jacobian at θ₀).
     Memory: the primal path's d × d matrix (or the dual path's A and M × M factor), nothing O(N d) whole.
     """
     t0 = time.perf_counter()
@@ -416,8 +421,9 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
             stop = "time_budget"
             break
         if H0 is None or (refresh > 0 and it % refresh == 0):
-            H0 = _GGNInverse(problem, theta, kind)
-            refreshes += 1
+            given = first_curvature if it == 0 else None
+            H0 = _GGNInverse(problem, theta, kind, given)
+            refreshes += given is None
         H0.factor(mu)
         # two-loop recursion with H0 as the initial inverse Hessian
         q = g.clone()

@@ -12,7 +12,15 @@ the retained data back in and iterate, warm-started at the old posterior:
 from θ₀ = θ*. At θ* the gradient is ∇L_r(θ*) = g_f = ∇ log p(D_f|θ*) (θ* is a mode of L_r + L_f)
 and the GGN of L_r is Λ − G_f(θ*), so the first undamped iteration *is* the Laplace down-date
 μ_r = θ* − (Λ − H_f)⁻¹ g_f; for a GGN-"full" posterior that first iteration reuses Λ (no Jacobian).
-LM keeps going, re-linearising on D_r and damping by the gain ratio. The result is the Laplace
+LM keeps going, re-linearising on D_r and damping by the gain ratio.
+
+The default ``engine="ggn-lbfgs"`` runs the same damped Gauss–Newton model as a quasi-Newton method
+(:func:`inference.gauss_newton.ggn_lbfgs`): its first step is the same down-date step (B = Λ − G_f, no
+Jacobian), the GGN is re-linearised only every ``refresh`` = 20 iterations, and secant pairs learn the
+residual curvature Σ rᵢ∇²mᵢ/σ² that Gauss–Newton ignores. A re-linearisation (a pass of per-example
+Jacobians and Σ AᵀA) is what an LM iteration costs (0.5 s at N = 10k on the default BNN, against 9 ms for a
+gradient), so this reached the same target 2.2× (1 % random) and 2.9× (region) faster than ``engine="lm"``
+at N = 10k (seed 1, one run), at a slightly lower loss. The result is the Laplace
 approximation at the new mode with the old posterior's curvature and structure (GGN full / diag /
 last-layer, or exact Hessian), i.e. what ``retrain`` computes at that mode. Stops when
 ‖∇L_r‖ ≤ ``rtol`` · ‖g_f‖ (the size of the change asked for), or at ``max_iters`` / ``time_budget_s``;
@@ -42,7 +50,7 @@ import time
 import torch
 
 from ..inference.fit import ALLOWED_OPTIONS, fit
-from ..inference.gauss_newton import LM_DEFAULTS, NegLogJoint, levenberg_marquardt
+from ..inference.gauss_newton import LM_DEFAULTS, NegLogJoint, choose_solver, ggn_lbfgs, levenberg_marquardt
 from ..inference.covariance import Precision, structure_class
 from ..inference.laplace import laplace_covariance, lbfgs_rounds
 from ..inference.latent import BoundModel
@@ -60,16 +68,21 @@ _CURV_KEYS = ("curvature", "structure", "subset", "repair", "floor")
 _WARM_CHAIN = "a warm NUTS chain costs as much as retraining, use method='retrain'"
 
 
+ENGINES = ("ggn-lbfgs", "lm")
+
+
 def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol: float,
             time_budget_s: float | None, solver: str, mu0: float | None, chunk: int,
-            tau: float = 1e-5) -> tuple[torch.Tensor, dict]:
-    """The LM re-fit of L_r from θ*: (θ_u in float64, the solver's report)."""
+            tau: float = 1e-5, engine: str = "ggn-lbfgs", refresh: int = 20) -> tuple[torch.Tensor, dict]:
+    """The warm re-fit of L_r from θ*: (θ_u in float64, the solver's report). ``engine="lm"``: Levenberg–Marquardt,
+    re-linearised (one pass of Jacobians) every iteration; ``"ggn-lbfgs"``: L-BFGS on top of the damped inverse
+    GGN (:func:`inference.gauss_newton.ggn_lbfgs`), re-linearised every ``refresh`` iterations, its first
+    curvature the down-dated precision when the posterior holds it."""
     bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
     problem = NegLogJoint(bound, fs.x_retain, fs.y_retain, chunk=chunk)
     theta0 = old.loc.detach().to(torch.float64)
     first = None
     curv = (old.meta.get("curvature") or {})
-    from ..inference.gauss_newton import choose_solver
     primal = choose_solver(solver, problem.rows(theta0), len(theta0)) == "primal"
     # (on the dual path a Jacobian costs less than factorising the dense d x d precision, so only the
     # primal path reuses it)
@@ -77,9 +90,21 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
         # the old precision is P + G_D(θ*); minus G_f(θ*) it is L_r's GGN at θ*: no Jacobian needed
         _, G_f = forget_curvature(old, fs, theta0, old.cov.curvature_form, "ggn")
         first = old.cov.precision_form() - G_f
-    return levenberg_marquardt(problem, theta0, max_iters=max_iters, rtol=rtol, gtol=gtol,
-                               time_budget_s=time_budget_s, solver=solver, mu0=mu0, tau=tau, chunk=chunk,
-                               first_curvature=first)
+    if engine == "lm":
+        return levenberg_marquardt(problem, theta0, max_iters=max_iters, rtol=rtol, gtol=gtol,
+                                   time_budget_s=time_budget_s, solver=solver, mu0=mu0, tau=tau, chunk=chunk,
+                                   first_curvature=first)
+    t0 = time.perf_counter()
+    L0 = problem.value(theta0)
+    g0 = float(problem.grad(theta0).norm())
+    target = max(gtol, rtol * g0)
+    theta, rep = ggn_lbfgs(problem, theta0, max_iters=max_iters, gtol=target, refresh=refresh, solver=solver,
+                           time_budget_s=time_budget_s, first_curvature=first,
+                           **({} if mu0 is None else {"mu": mu0}))
+    return theta, {"iterations": rep["iterations"], "stop": rep["stop"], "converged": rep["converged"],
+                   "solver": rep["solver"], "grad_norm": rep["grad_norm"], "grad_norm_start": g0,
+                   "grad_target": target, "jacobian_evals": rep["ggn_refreshes"], "value_evals": rep["value_evals"],
+                   "gain_ratios": [], "losses": [L0, rep["loss"]], "wall_time_s": time.perf_counter() - t0}
 
 
 def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dict, steps: int,
@@ -102,13 +127,18 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
           "solves, per-example Jacobians), then the Laplace approximation at the new mode",
           families=("laplace", "meanfield", "lowrank", "fullrank"))
 def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
-             max_iters: int = 100, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
+             max_iters: int | None = None, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
-             tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000) -> dict:
+             tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000, engine: str = "ggn-lbfgs",
+             refresh: int = 20) -> dict:
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if max_iters is None:
+        max_iters = 500 if engine == "ggn-lbfgs" else 100
     t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
-                         solver=solver, mu0=mu0, chunk=chunk, tau=tau)
+                         solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh)
     warnings: list[str] = []
     rep["lbfgs_iterations"] = 0
     budget_left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)
@@ -119,6 +149,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
                         f"{rep['grad_target']:.3g}; raise max_iters / time_budget_s or use retrain")
     diag = {k: rep[k] for k in ("iterations", "stop", "converged", "solver", "grad_norm", "grad_norm_start",
                                 "grad_target", "jacobian_evals", "value_evals", "lbfgs_iterations")}
+    diag["engine"] = engine
     diag["last_gain_ratio"] = rep["gain_ratios"][-1] if rep["gain_ratios"] else None
     diag["lm_time_s"] = rep["wall_time_s"]
     t0 = time.perf_counter()
@@ -165,7 +196,7 @@ def elbo_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool =
     diag: dict = {"init": init}
     start = old
     if init == "lm":
-        lm = lm_refit(old, fs, max_iters=lm_max_iters, rtol=lm_rtol)
+        lm = lm_refit(old, fs, max_iters=lm_max_iters, rtol=lm_rtol, engine="lm")
         start = lm["posterior"].replace(model=old.model)
         diag["lm"] = lm["diagnostics"]
     n_r = len(fs.x_retain)
