@@ -60,7 +60,7 @@ ALLOWED_OPTIONS = {"meanfield": _SVI_OPTS, "lowrank": _SVI_OPTS, "fullrank": _SV
 OPTION_CHOICES: dict[str, tuple] = {
     "curvature": ("exact", "ggn"), "structure": tuple(LAPLACE_STRUCTURES), "repair": (None, "clip", "damp"),
     "elbo": ("direct", "trace"), "optimizer": ("auto", "adam-lbfgs", "lm"), "mean": ("newton", "keep"),
-    "init": ("old", "lm"), "scope": ("global", "layer"), "solver": ("auto", "dense", "hvp", "dual", "primal", "cg"),
+    "init": ("old", "lm"), "scope": ("global", "layer"), "engine": ("ggn-lbfgs", "lm"), "solver": ("auto", "dense", "hvp", "dual", "primal", "cg"),
 }
 
 

@@ -116,7 +116,7 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
     ("fit-curvature", lambda c: _fit(c, curvature="foo"), ValueError, r"curvature must be one of 'exact', 'ggn'"),
     ("fit-structure", lambda c: _fit(c, structure="foo"), ValueError, r"structure must be one of 'full'"),
     ("fit-repair", lambda c: _fit(c, repair="foo"), ValueError, r"repair must be one of None, 'clip', 'damp'"),
-    ("fit-optimizer", lambda c: _fit(c, optimizer="sgd"), ValueError, r"optimizer must be one of 'adam-lbfgs', 'lm'"),
+    ("fit-optimizer", lambda c: _fit(c, optimizer="sgd"), ValueError, r"optimizer must be one of 'auto', 'adam-lbfgs', 'lm'"),
     ("fit-elbo", lambda c: _fit(c, method="meanfield", elbo="foo"), ValueError, r"elbo must be one of 'direct'"),
     ("fit-batch-zero", lambda c: _fit(c, method="meanfield", batch_size=0), ValueError, r"batch_size must be an integer >= 1"),
     ("fit-particles-zero", lambda c: _fit(c, method="meanfield", num_particles=0), ValueError, r"num_particles"),

@@ -127,15 +127,13 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
           "solves, per-example Jacobians), then the Laplace approximation at the new mode",
           families=("laplace", "meanfield", "lowrank", "fullrank"))
 def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False,
-             max_iters: int | None = None, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
+             max_iters: int = 500, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000, engine: str = "ggn-lbfgs",
              refresh: int = 20) -> dict:
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if max_iters is None:
-        max_iters = 500 if engine == "ggn-lbfgs" else 100
     t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
                          solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh)
