@@ -84,3 +84,20 @@ def test_verdict_counts_and_table_from_a_document():
     table = markdown_table(doc)
     assert "| c | 0.98 [" in table and "| 0/0/2 |" in table and "| 1/1/0 |" in table
     assert "\"ok\" with gap closed < 0.5 on a split: 1" in table
+
+
+def test_table_adds_the_adam_retrain_column_only_when_it_was_run():
+    from benchmarks.bnn_unlearning import markdown_table, summarise, verdict_counts
+
+    def row(m, adam=None):
+        r = {"method": m, "verdict": "ok", "wall_time_s": 1.0, "speedup_vs_retrain": 2.0,
+             **{f"{s}/gap_closed": 0.9 for s in ("forget", "retain", "test")}}
+        if adam is not None:
+            r["speedup_vs_retrain_adam"] = adam
+        return r
+    for rows, has in (([row("lm-refit", 40.0), row("retrain@adam", 1.0)], True), ([row("lm-refit")], False)):
+        per_seed = [{"seed": 0, "rows": rows}]
+        doc = {"config": {"seeds": [0]}, "summary": summarise(per_seed), "verdict_counts": verdict_counts(per_seed)}
+        table = markdown_table(doc)
+        assert ("× retrain@adam" in table) is has
+        assert ("| 40.0 [40.0, 40.0] |" in table) is has
