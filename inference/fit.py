@@ -83,14 +83,17 @@ def check_option_types(options: dict) -> None:
 
 def resolve_optimizer(bound: BoundModel, x: torch.Tensor, options: dict) -> str:
     """The Laplace MAP search ``fit`` runs: ``options["optimizer"]`` when it names one; for ``"auto"`` (the
-    default) "lm" when N ≥ :data:`LM_AUTO_MIN_N`, the observation is Normal (the GGN applies) and no Adam-only
-    option (``num_steps``, ``lr``, …) is given, else "adam-lbfgs". Why (``benchmarks/lm_map.py``, default
+    default) "lm" when N ≥ :data:`LM_AUTO_MIN_N` (or an LM option such as ``lm_gtol`` is given), the
+    observation is Normal (the GGN applies) and no Adam-only option (``num_steps``, ``lr``, …) is given, else
+    "adam-lbfgs". Why (``benchmarks/lm_map.py``, default
     BNN, one thread): at N = 10k Levenberg–Marquardt with data continuation reaches ‖∇‖ < 1e-2 where
     Adam + L-BFGS stops at ‖∇‖ ≈ 47; at N = 300 both reach it."""
     chosen = options.get("optimizer", "auto")
     if chosen != "auto":
         return chosen
-    if len(x) < LM_AUTO_MIN_N or set(options) & ADAM_ONLY_OPTIONS:
+    if set(options) & ADAM_ONLY_OPTIONS:
+        return "adam-lbfgs"
+    if len(x) < LM_AUTO_MIN_N and not set(options) & _LM_OPTS:  # an LM option (lm_gtol, …) asks for LM
         return "adam-lbfgs"
     from .curvature import observation_params
     from .laplace import prior_draw

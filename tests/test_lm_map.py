@@ -188,6 +188,7 @@ def test_auto_optimizer_is_lm_from_its_threshold_for_a_normal_likelihood(medium_
     assert resolve_optimizer(bound, x[:300], {}) == "adam-lbfgs"
     assert resolve_optimizer(bound, x, {"num_steps": 100}) == "adam-lbfgs"  # an Adam option asks for Adam
     assert resolve_optimizer(bound, x[:300], {"optimizer": "lm"}) == "lm"
+    assert resolve_optimizer(bound, x[:300], {"lm_gtol": 1e-4}) == "lm"  # an LM option asks for LM
 
     import pyro
     import pyro.distributions as dist
