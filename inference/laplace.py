@@ -110,26 +110,23 @@ def continuation_sizes(n: int, start: int | None, factor: float = 2.0) -> list[i
     return sizes + [n]
 
 
-def _lm_blocks(problem, theta: torch.Tensor, *, max_iters: int, gtol: float, rtol: float, damping: str,
-               solver: str, lm_block: int) -> tuple[torch.Tensor, dict]:
-    """Levenberg–Marquardt in blocks of ``lm_block`` iterations until ‖∇‖ ≤ max(gtol, rtol · ‖∇(θ₀)‖), at most
-    ``max_iters``; a block that does not cut ‖∇‖ ten-fold is Gauss–Newton's linear tail and ends the phase."""
+def _lm_blocks(problem, theta: torch.Tensor, *, max_iters: int, gtol: float, damping: str, solver: str,
+               lm_block: int) -> tuple[torch.Tensor, dict]:
+    """Levenberg–Marquardt in blocks of ``lm_block`` iterations until ‖∇‖ ≤ ``gtol``, at most ``max_iters``; a
+    block that does not cut ‖∇‖ ten-fold is Gauss–Newton's linear tail and ends the phase."""
     from .gauss_newton import levenberg_marquardt
 
     its, mu, losses, g0, rep = 0, None, [], None, None
     stop, gnorm = "max_iters", float("inf")
     while its < max_iters:
-        theta, rep = levenberg_marquardt(problem, theta, max_iters=min(lm_block, max_iters - its), rtol=rtol,
-                                         grad_scale=g0, gtol=gtol, damping=damping, solver=solver, mu0=mu)
+        theta, rep = levenberg_marquardt(problem, theta, max_iters=min(lm_block, max_iters - its), rtol=0.0,
+                                         gtol=gtol, damping=damping, solver=solver, mu0=mu)
         if g0 is None:
             g0 = rep["grad_norm_start"]
         its += rep["iterations"]
         losses += rep["losses"] if not losses else rep["losses"][1:]
         mu = rep["damping"][-1] if rep["damping"] else mu
         gnorm, stop = rep["grad_norm"], rep["stop"]
-        if gnorm <= max(gtol, rtol * g0):
-            stop = "converged"
-            break
         if stop != "max_iters":
             break
         if rep["grad_norm"] > 0.1 * rep["grad_norm_start"]:
@@ -150,13 +147,14 @@ def find_map_lm(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, *, seed: in
 
     0. **Data continuation** (from a prior draw only, when N ≥ 2 · ``continuation``): the same search on
        nested random subsamples of ``continuation``, ``continuation · continuation_factor``, … points
-       (seeded), each stage warm-started at the last one's result and stopped by Levenberg–Marquardt alone
-       at ‖∇‖ ≤ ``stage_rtol`` · its starting gradient (or its linear tail); then the phases below on all
-       the data. The sample-size schedule of Byrd, Chin, Nocedal & Wu (Math. Program. 2012) in its simplest,
-       deterministic form: the mode of k points is a warm start for 2k points, so the expensive passes over
-       all N points start inside the basin. Measured on the default BNN at N = 10k (seeds 0–2, one run each):
-       ‖∇‖ = 5e-4 … 2e-3 in 108–137 s, where the same phases from the prior draw stalled at ‖∇‖ = 37 (102 s)
-       and Adam + L-BFGS at 47 (168 s); see benchmarks/lm_map.py.
+       (seeded), each stage warm-started at the last one's result and run through phases 1–2 below (two
+       rounds, at most ``stage_qn_steps`` ``ggn_lbfgs`` iterations) to ‖∇‖ ≤ ``stage_gtol``; then phases 1–3
+       on all the data. The sample-size schedule of Byrd, Chin, Nocedal & Wu (Math. Program. 2012) in its
+       simplest, deterministic form: the mode of k points is a warm start for 2k points, so the expensive
+       passes over all N points start inside the basin. Measured on the default BNN (seeds 0–4, one thread,
+       machine loaded; benchmarks/lm_map.py): N = 10k, ‖∇‖ = 8.7e-4 [4.7e-4, 9.7e-4] in 122 s [74, 264];
+       N = 50k, 6.9e-4 [3.4e-4, 9.5e-4] in 746 s [432, 1044]; without continuation, from the prior draw, the
+       phases stalled at ‖∇‖ = 37 at N = 10k (102 s, one run) and Adam + L-BFGS at 47 (168 s, one run).
     1. Levenberg–Marquardt (:mod:`inference.gauss_newton`, ``damping``, ``solver``) in blocks of ``lm_block``
        iterations, at most ``max_iters``; a block that does not cut ‖∇‖ ten-fold is Gauss–Newton's linear
        tail and ends the phase;
@@ -229,13 +227,12 @@ def _phases(problem, theta: torch.Tensor, *, gtol: float, max_iters: int, dampin
     LM and ``ggn_lbfgs`` reached ‖∇‖ = 8e-4 at loss −9363.74 in three rounds."""
     from .gauss_newton import ggn_lbfgs
 
-    t0 = time.perf_counter()
     losses: list[float] = []
     lm, qn_its, qn_stop, t_lm, gnorm = None, 0, None, 0.0, float("inf")
     for r in range(max(1, rounds)):
         ts = time.perf_counter()
-        theta, lm_r = _lm_blocks(problem, theta, max_iters=max_iters, gtol=gtol, rtol=0.0, damping=damping,
-                                 solver=solver, lm_block=lm_block)
+        theta, lm_r = _lm_blocks(problem, theta, max_iters=max_iters, gtol=gtol, damping=damping, solver=solver,
+                                 lm_block=lm_block)
         t_lm += time.perf_counter() - ts
         lm = lm_r if lm is None else {**lm_r, "iterations": lm["iterations"] + lm_r["iterations"],
                                       "grad_norm_start": lm["grad_norm_start"]}
