@@ -11,9 +11,21 @@ The noise floor is each retrain's distance to the ensemble of the *other* K − 
 
     floor_k = d(p_k, mix_{j≠k} p_j),
 
-and a method whose distance to the full ensemble is within max_k floor_k on a split is
-"indistinguishable from retraining" there: it is as close to the ensemble as a retrain that the
-ensemble never saw. For a multimodal posterior, that is what "as if never seen" can mean.
+and a method is held against the same leave-one-out mixtures, so that both sides face a reference of
+K − 1 retrains:
+
+    ρ = Σ_k d(method, mix_{j≠k} p_j) / Σ_k floor_k       (the floor ratio).
+
+ρ ≤ 1 on a split is "within the noise floor" there: the method is as close to the retrains as a retrain
+is to the others. On every split, it is "indistinguishable from retraining". For a multimodal posterior,
+that is what "as if never seen" can mean. ρ of "none" (the original posterior) says whether the deletion
+is visible at all: ρ(none) ≈ 1 means that retrains disagree with one another as much as the deletion
+moves the posterior, and gap closed is then not readable.
+
+(Until session 9 the rule was d(method, full mixture) ≤ max_k floor_k. That holds a method against a
+K-member mixture, which is wider than the floor's K − 1-member ones, and takes the worst retrain as the
+bar: both flatter the method. The test ``test_floor_ratio_refuses_what_the_old_band_let_through`` shows a
+result that rule let through.)
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["MomentPrediction", "mixture", "leave_one_out_floor", "within_floor"]
+__all__ = ["MomentPrediction", "mixture", "leave_one_out_floor", "loo_distances", "floor_ratio", "within_floor"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,33 @@ def leave_one_out_floor(preds: Sequence[Mapping[str, object]],
     return out
 
 
-def within_floor(d: float, floor_values: Sequence[float]) -> bool:
-    """Whether a method's distance ``d`` to the ensemble is within the band max_k floor_k."""
-    return bool(d <= max(floor_values))
+def loo_distances(pred: Mapping[str, object], preds: Sequence[Mapping[str, object]],
+                  distance: Callable[[object, object], dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """Per split and distance name, the K values d(pred, mixture of all retrains but k): a method held
+    against the same references as :func:`leave_one_out_floor` holds each retrain."""
+    K = len(preds)
+    if K < 2:
+        raise ValueError(f"leave-one-out distances need at least 2 retrains, got {K}")
+    out: dict[str, dict[str, list[float]]] = {}
+    for s in preds[0]:
+        for k in range(K):
+            loo = mixture([preds[j][s] for j in range(K) if j != k])
+            for name, value in distance(pred[s], loo).items():
+                out.setdefault(s, {}).setdefault(name, []).append(float(value))
+    return out
+
+
+def floor_ratio(method_values: Sequence[float], floor_values: Sequence[float]) -> float:
+    """ρ = Σ_k d(method, ref_k) / Σ_k floor_k over the same K references (≤ 1: within the noise floor)."""
+    if len(method_values) != len(floor_values) or not floor_values:
+        raise ValueError(f"{len(method_values)} method distances against {len(floor_values)} floor values: "
+                         "hold the method against the same references as the floor")
+    total = float(sum(floor_values))
+    if total <= 0.0:  # retrains that agree exactly: only a method at distance 0 is within
+        return 0.0 if float(sum(method_values)) <= 0.0 else float("inf")
+    return float(sum(method_values)) / total
+
+
+def within_floor(method_values: Sequence[float], floor_values: Sequence[float]) -> bool:
+    """Whether a method is within the noise floor: :func:`floor_ratio` ≤ 1."""
+    return floor_ratio(method_values, floor_values) <= 1.0

@@ -157,8 +157,9 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
               "(leave-one-out), mean KL " + ", ".join(f"{s} {_f(nf.get(f'{s}/predictive_kl'))}" for s in _SPLITS)
               + " (max " + ", ".join(f"{_f(nf.get(f'{s}/predictive_kl_max'))}" for s in _SPLITS) + "); "
               "as gap closed: " + ", ".join(f"{s} {_f(nf.get(f'{s}/gap_closed'), '.2f')}" for s in _SPLITS)
-              + ". A method within the max on all three splits is **indistinguishable from retraining** "
-              "(marked ≈ below): "
+              + ". Each method is held against the same leave-one-out mixtures; its floor ratio ρ = Σ_k d(method) "
+              "/ Σ_k d(retrain_k) (metrics.csv, `*/floor_ratio`) ≤ 1 on all three splits makes it "
+              "**indistinguishable from retraining** (marked ≈ below): "
               + (", ".join(f"`{r['method']}`" for r in rows if r.get("indistinguishable")) or "none") + "."]
     elif nf:
         L += ["", "**Noise floor** (two retrainings with different seeds, the same distances): KL "

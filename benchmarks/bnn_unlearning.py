@@ -15,9 +15,24 @@ of KL(method ‖ ensemble) on D_f, D_r and test, and
     gap closed = 1 − d(method, ensemble) / d(none, ensemble).
 
 Noise floor: each retrain's distance to the ensemble of the other K−1 (leave-one-out), reported as the
-gap closed a retrain itself reaches ("retrain-loo"): a method at or above it is indistinguishable from
-retraining. Speed-ups are against the timed ``retrain`` (the library default) and ``retrain-lm`` (the
-same inference with ``optimizer="lm"`` from a cold start, the fastest retraining the library offers).
+gap closed a retrain itself reaches ("retrain-loo"). A method is compared with it on the same footing,
+against the same K−1-member ensembles (``gap_closed_loo``), and by the ratio of distances
+
+    floor ratio ρ = Σ_k d(method, ens₋ₖ) / Σ_k d(retrainₖ, ens₋ₖ),
+
+so ρ ≤ 1 on a split means the method is as close to the retrains as a further retrain is: "within the
+noise floor". ρ(none) says whether the deletion is visible at all: ρ(none) ≈ 1 means retrains disagree
+with one another as much as the deletion moves the posterior, and every method is trivially within the
+floor. (The plain ``gap_closed`` compares a method with all K retrains but the floor with K−1: a K-member
+mixture is wider, which flatters the method; ``gap_closed_loo`` and ρ do not.)
+
+Speed-ups are against the timed ``retrain`` (the library default) and ``retrain-lm`` (the same inference
+with ``optimizer="lm"`` from a cold start, the fastest retraining the library offers). When ``retrain-lm``
+is not run and the default retrain itself resolved to LM (``optimizer="auto"`` at N ≥ 1024), the two are
+the same computation and "× retrain-lm" is "× retrain" (``retrain_lm_is_retrain`` in the JSON).
+
+Several ``--scenario`` values share one original fit per seed (one ``--out`` each). Seeds run as separate
+processes merge with ``--merge A.json B.json … --out ALL.json``.
 
 Summary: median over seeds with a 95 % bootstrap interval (2000 resamples, seeded).
 """
@@ -59,14 +74,82 @@ def _kl(p, mean, std) -> float:
     return float(gaussian_kl_1d(p.mean.double(), p.std.double(), mean, std).mean())
 
 
-def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, methods: list[str], K: int,
-             method_options: dict, fit_options: dict | None = None) -> dict:
-    from bayes_unlearn.inference import fit, predict
-    from bayes_unlearn.models import BayesianMLP
-    from bayes_unlearn.models.forget_sets import split
-    from bayes_unlearn.models.data import synthetic_1d
-    from bayes_unlearn.unlearning import unlearn
+def _kl_to(p, ref) -> dict[str, float]:
+    return {"kl": _kl(p, ref.mean, ref.std)}
 
+
+class NoiseFloor:
+    """The retrain ensemble's noise floor and a method's place against it, on the same footing
+    (``analysis.ensemble``: :func:`leave_one_out_floor`, :func:`loo_distances`, :func:`floor_ratio`).
+
+    ``refs``: K ≥ 2 retrains' predictives per split (objects with ``.mean``/``.std`` per input);
+    ``p_none``: the original posterior's. With ens₋ₖ the moment-matched mixture of all retrains but k,
+
+        ρ(method) = Σ_k d(method, ens₋ₖ) / Σ_k d(retrainₖ, ens₋ₖ),
+        gap closed (LOO) = mean_k [1 − d(method, ens₋ₖ) / d(none, ens₋ₖ)],
+
+    d the mean over inputs of KL(· ‖ ens₋ₖ). ρ ≤ 1 on every split is "within the noise floor"."""
+
+    def __init__(self, refs: list[dict], p_none: dict):
+        from bayes_unlearn.analysis.ensemble import leave_one_out_floor, loo_distances
+
+        self.refs = refs
+        self.d_refs = {s: v["kl"] for s, v in leave_one_out_floor(refs, _kl_to).items()}
+        self.d_none = {s: v["kl"] for s, v in loo_distances(p_none, refs, _kl_to).items()}
+        self.d_floor = {s: sum(v) for s, v in self.d_refs.items()}
+
+    def _gap(self, d: list[float], s: str) -> float:
+        return sum(1.0 - dk / d0 for dk, d0 in zip(d, self.d_none[s])) / len(d)
+
+    def numbers(self, p: dict) -> dict:
+        """``{split}/gap_closed_loo``, ``{split}/floor_ratio`` and ``within_floor`` of predictive ``p``."""
+        from bayes_unlearn.analysis.ensemble import floor_ratio, loo_distances
+
+        held = {s: v["kl"] for s, v in loo_distances(p, self.refs, _kl_to).items()}
+        out = {}
+        for s in SPLITS:
+            out[f"{s}/gap_closed_loo"] = self._gap(held[s], s)
+            out[f"{s}/floor_ratio"] = floor_ratio(held[s], self.d_refs[s])
+        out["within_floor"] = all(out[f"{s}/floor_ratio"] <= 1.0 for s in SPLITS)
+        return out
+
+    def retrain_row(self) -> dict:
+        """The "retrain-loo" row: the gap closed a retrain itself reaches against the others (ρ = 1)."""
+        gaps = {s: self._gap(self.d_refs[s], s) for s in SPLITS}
+        return {"method": "retrain-loo", **{f"{s}/gap_closed": g for s, g in gaps.items()},
+                **{f"{s}/gap_closed_loo": g for s, g in gaps.items()}, **{f"{s}/floor_ratio": 1.0 for s in SPLITS}}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB, from ``getrusage``)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def forget_indices(x: torch.Tensor, scenario: str, seed: int) -> torch.Tensor:
+    """The forget set's rows: ``region`` (x ∈ (1.5, 3.5)) or ``random:F`` (a seeded fraction F)."""
+    if scenario == "region":
+        return torch.nonzero((x[:, 0] > 1.5) & (x[:, 0] < 3.5)).flatten()
+    if not scenario.startswith("random:"):
+        raise ValueError(f"unknown scenario {scenario!r}; use 'region' or 'random:FRACTION'")
+    frac = float(scenario.split(":")[1])
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return torch.randperm(len(x), generator=g)[:max(1, int(round(frac * len(x))))]
+
+
+def run_seed(seed: int, *, n: int, scenario: str | list[str], family: str, structure: str, methods: list[str],
+             K: int, method_options: dict, fit_options: dict | None = None) -> dict | list[dict]:
+    """One seed: fit once, then for each scenario the K retrains, the methods and the distances.
+    Returns one document per scenario (a list when ``scenario`` is a list)."""
+    from bayes_unlearn.inference import fit
+    from bayes_unlearn.models import BayesianMLP
+    from bayes_unlearn.models.data import synthetic_1d
+
+    if K < 2:
+        raise ValueError(f"references={K}: the noise floor needs at least 2 retrains")
     data = synthetic_1d(n=n, seed=seed)
     model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
     opts = {"curvature": "ggn", "structure": structure} if family == "laplace" else {}
@@ -75,12 +158,21 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     t0 = time.perf_counter()
     post = fit(model, data.x, data.y, method=family, seed=seed, progress=False, **opts)
     fit_time = time.perf_counter() - t0
-    if scenario == "region":
-        idx = torch.nonzero((data.x[:, 0] > 1.5) & (data.x[:, 0] < 3.5)).flatten()
-    else:
-        frac = float(scenario.split(":")[1])
-        g = torch.Generator().manual_seed(10_000 + seed)
-        idx = torch.randperm(len(data.x), generator=g)[:max(1, int(round(frac * len(data.x))))]
+    scenarios = [scenario] if isinstance(scenario, str) else list(scenario)
+    docs = [{"seed": seed, "fit_time_s": fit_time, "machine_before": state_before,
+             **_run_scenario(post, data, sc, seed=seed, family=family, methods=methods, K=K,
+                             method_options=method_options),
+             "machine_after": machine_state(), "peak_rss_mb": _peak_rss_mb()} for sc in scenarios]
+    return docs[0] if isinstance(scenario, str) else docs
+
+
+def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods: list[str], K: int,
+                  method_options: dict) -> dict:
+    from bayes_unlearn.inference import predict
+    from bayes_unlearn.models.forget_sets import split
+    from bayes_unlearn.unlearning import unlearn
+
+    idx = forget_indices(data.x, scenario, seed)
     xr, yr, xf, yf = split(data.x, data.y, idx)
     xs = {"forget": xf, "retain": xr, "test": data.x_test}
     lin = family == "laplace"
@@ -104,22 +196,31 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
     ens = {s: _mixture([r[s] for r in refs]) for s in SPLITS}
     p_none = preds(post)
     d_none = {s: _kl(p_none[s], *ens[s]) for s in SPLITS}
+    floor = NoiseFloor(refs, p_none)
     rows = []
     t_ret = results["retrain"].wall_time_s
-    t_lm = results["retrain-lm"].wall_time_s if "retrain-lm" in results and not isinstance(results["retrain-lm"], Exception) else None
+    retrain_opt = (results["retrain"].posterior.meta.get("report") or {}).get("optimizer")
+    lm_is_retrain = "retrain-lm" not in results and retrain_opt == "lm"
+    if lm_is_retrain:
+        t_lm = t_ret
+    else:
+        t_lm = results["retrain-lm"].wall_time_s if "retrain-lm" in results and not isinstance(results["retrain-lm"], Exception) else None
     # "retrain@adam" (with --method-options '{"retrain@adam": {"optimizer": "adam-lbfgs"}}'): the pre-LM default
     t_adam = results["retrain@adam"].wall_time_s if not isinstance(results.get("retrain@adam", 0), (int, Exception)) else None
-    for name, r in results.items():
+    for name, r in [("none", None)] * ("none" not in results) + list(results.items()):
         if isinstance(r, Exception):
             rows.append({"method": name, "error": f"{type(r).__name__}: {r}"})
             continue
-        p = refs[0] if name == "retrain" else preds(r.posterior)
-        row = {"method": name, "wall_time_s": r.wall_time_s, "verdict": r.verdict.get("verdict"),
-               "grad_ratio": r.verdict.get("numbers", {}).get("grad_ratio"), "reasons": r.verdict.get("reasons"),
-               "speedup_vs_retrain": t_ret / r.wall_time_s if r.wall_time_s > 0 else None,
-               "speedup_vs_retrain_lm": (t_lm / r.wall_time_s) if (t_lm and r.wall_time_s > 0) else None,
-               "speedup_vs_retrain_adam": (t_adam / r.wall_time_s) if (t_adam and r.wall_time_s > 0) else None,
-               "verdict_time_s": r.verdict_time_s}
+        if r is None:  # "none" is measured even when not asked for: rho(none) says whether the deletion is visible
+            p, row = p_none, {"method": "none", "measured_only": True}
+        else:
+            p = refs[0] if name == "retrain" else preds(r.posterior)
+            row = {"method": name, "wall_time_s": r.wall_time_s, "verdict": r.verdict.get("verdict"),
+                   "grad_ratio": r.verdict.get("numbers", {}).get("grad_ratio"), "reasons": r.verdict.get("reasons"),
+                   "speedup_vs_retrain": t_ret / r.wall_time_s if r.wall_time_s > 0 else None,
+                   "speedup_vs_retrain_lm": (t_lm / r.wall_time_s) if (t_lm and r.wall_time_s > 0) else None,
+                   "speedup_vs_retrain_adam": (t_adam / r.wall_time_s) if (t_adam and r.wall_time_s > 0) else None,
+                   "verdict_time_s": r.verdict_time_s}
         if name == "auto":
             row["auto_chosen"] = r.diagnostics.get("chosen")
         for s in SPLITS:
@@ -127,6 +228,11 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
             # against each single retrain too (the one-reference figure, noisier)
             row[f"{s}/gap_closed_single"] = [1.0 - _kl(p[s], rp[s].mean.double(), rp[s].std.double())
                                               / _kl(p_none[s], rp[s].mean.double(), rp[s].std.double()) for rp in refs]
+        if name != "retrain":  # the timed retrain is refs[0], a member of every other LOO ensemble
+            row.update(floor.numbers(p))
+        if r is None:
+            rows.append(row)
+            continue
         if "iterations" in r.diagnostics:
             row["iterations"] = r.diagnostics["iterations"]
         rep = getattr(r.posterior, "meta", {}).get("report") or {}
@@ -135,18 +241,11 @@ def run_seed(seed: int, *, n: int, scenario: str, family: str, structure: str, m
         if "grad_norm" in r.diagnostics:
             row["grad_norm"] = r.diagnostics["grad_norm"]
         rows.append(row)
-    # noise floor: each retrain against the ensemble of the others
-    loo = {s: [] for s in SPLITS}
-    for k in range(K):
-        others = [refs[j] for j in range(K) if j != k]
-        for s in SPLITS:
-            m, sd = _mixture([o[s] for o in others])
-            d0 = _kl(p_none[s], m, sd)
-            loo[s].append(1.0 - _kl(refs[k][s], m, sd) / d0)
-    rows.append({"method": "retrain-loo", **{f"{s}/gap_closed": sum(v) / len(v) for s, v in loo.items()}})
-    return {"seed": seed, "fit_time_s": fit_time, "num_forget": len(idx), "d_none": d_none,
+    rows.append(floor.retrain_row())  # noise floor: each retrain against the ensemble of the others
+    return {"scenario": scenario, "num_forget": len(idx), "d_none": d_none,
+            "d_floor": {s: floor.d_floor[s] / K for s in SPLITS},
             "fit_grad_norm": post.meta["report"].get("grad_norm_at_map"), "reference_grad_norms": ref_grad_norms,
-            "machine_before": state_before, "machine_after": machine_state(), "rows": rows}
+            "retrain_optimizer": retrain_opt, "retrain_lm_is_retrain": lm_is_retrain, "rows": rows}
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -155,13 +254,16 @@ def summarise(per_seed: list[dict]) -> list[dict]:
     for name in names:
         rows = [r for s in per_seed for r in s["rows"] if r["method"] == name and "error" not in r]
         cell = {"method": name, "n": len(rows)}
-        for key in [f"{s}/gap_closed" for s in SPLITS] + ["speedup_vs_retrain", "speedup_vs_retrain_lm",
+        for key in [f"{s}/{k}" for k in ("gap_closed", "gap_closed_loo", "floor_ratio") for s in SPLITS] + [
+                    "speedup_vs_retrain", "speedup_vs_retrain_lm",
                                                            "speedup_vs_retrain_adam", "wall_time_s", "grad_ratio",
                                                            "map_grad_norm"]:
             vals = [r.get(key) for r in rows if r.get(key) is not None]
             if vals:
                 cell[key] = bootstrap_ci(vals)
         cell["verdicts"] = {v: sum(1 for r in rows if r.get("verdict") == v) for v in ("ok", "uncertain", "failed")}
+        if any("within_floor" in r for r in rows):  # seeds on which rho <= 1 on every split
+            cell["within_floor"] = [sum(bool(r.get("within_floor")) for r in rows), len(rows)]
         cell["min_gap"] = min((min(r[f"{s}/gap_closed"] for s in SPLITS) for r in rows
                                if "forget/gap_closed" in r), default=None)
         out.append(cell)
@@ -205,6 +307,19 @@ def markdown_table(doc: dict) -> str:
                      f"{cell(c, 'speedup_vs_retrain_lm', '{:.1f}')} | "
                      + (f"{cell(c, 'speedup_vs_retrain_adam', '{:.1f}')} | " if adam else "")
                      + f"{cell(c, 'wall_time_s', '{:.2f}')} | {vs} |")
+    if any(c.get("forget/floor_ratio") for c in doc["summary"]):
+        lines += ["", "Against the noise floor, on the same footing (each method and each retrain held against the "
+                  "same leave-one-out ensembles; ρ = d(method) / d(retrain), ρ ≤ 1: within the floor):", "",
+                  "| method | ρ D_f | ρ D_r | ρ test | gap closed (LOO) D_f | D_r | test | seeds within on all splits |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in doc["summary"]:
+            if not c.get("forget/floor_ratio"):
+                continue
+            w = c.get("within_floor")
+            name = "retrain-loo (noise floor)" if c["method"] == "retrain-loo" else c["method"]
+            lines.append(f"| {name} | " + " | ".join(cell(c, f"{s}/floor_ratio") for s in SPLITS) + " | "
+                         + " | ".join(cell(c, f"{s}/gap_closed_loo") for s in SPLITS) + " | "
+                         + (f"{w[0]}/{w[1]}" if w else "–") + " |")
     vc = doc["verdict_counts"]
     lines.append("")
     lines.append(f"Seeds {doc['config']['seeds']}; {vc['results']} verdicts; \"ok\" with gap closed < 0.5 on a split: "
@@ -213,10 +328,33 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str]) -> dict:
+    """One document from benchmark JSONs of the same configuration run as separate processes (seeds
+    concatenated in the order given, summary recomputed)."""
+    from benchmarks._io import read_result
+
+    docs = [read_result(p) for p in paths]
+    keys = ("n", "scenario", "family", "structure", "references", "methods", "fit_options", "method_options")
+    first = {k: docs[0]["config"].get(k) for k in keys}
+    for p, d in zip(paths[1:], docs[1:]):
+        other = {k: d["config"].get(k) for k in keys}
+        if other != first:
+            diff = sorted(k for k in keys if other[k] != first[k])
+            raise ValueError(f"{p}: its configuration differs from {paths[0]} in {diff}; merge like runs only")
+    per_seed = [s for d in docs for s in d["per_seed"]]
+    seeds = [s["seed"] for s in per_seed]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat across {paths}; merge disjoint seed sets")
+    config = {**docs[0]["config"], "seeds": seeds, "merged_from": list(paths)}
+    return {"config": config, "per_seed": per_seed, "summary": summarise(per_seed),
+            "verdict_counts": verdict_counts(per_seed)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bnn_unlearning", description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7])
-    ap.add_argument("--scenario", default="region", help="region | random:FRACTION")
+    ap.add_argument("--scenario", nargs="+", default=["region"],
+                    help="region | random:FRACTION; several share one original fit per seed (one --out each)")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--family", default="laplace")
     ap.add_argument("--structure", default="full")
@@ -228,27 +366,42 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--method-options", default="{}",
                     help='JSON {method: options}; a method "NAME@TAG" runs NAME with the options of "NAME@TAG", e.g. '
                          '\'{"retrain@adam": {"optimizer": "adam-lbfgs"}}\' (speed-ups against it: "× retrain@adam")')
-    ap.add_argument("--out", help="where to write the JSON")
+    ap.add_argument("--out", nargs="+", help="where to write the JSON (one per --scenario)")
+    ap.add_argument("--merge", nargs="+", help="merge these JSONs (disjoint seeds, same configuration) into --out")
     ap.add_argument("--table", help="print the markdown table of an existing JSON and exit")
     a = ap.parse_args(argv)
     if a.table:
         return print_table(a.table, markdown_table)
     if not a.out:
         ap.error("--out is required (or --table FILE)")
+    if a.merge:
+        if len(a.out) != 1:
+            ap.error("--merge writes one --out")
+        doc = merge(a.merge)
+        write_result(a.out[0], doc)
+        print(markdown_table(doc))
+        return doc
+    if len(a.out) != len(a.scenario):
+        ap.error(f"{len(a.scenario)} scenarios need {len(a.scenario)} --out paths, got {len(a.out)}")
+    for sc in a.scenario:
+        forget_indices(torch.zeros(1, 1), sc, 0)  # an unknown scenario fails before the first fit
     torch.set_num_threads(1)
-    per_seed = []
+    per_seed = {sc: [] for sc in a.scenario}
+    docs = {}
     for s in a.seeds:
         t0 = time.perf_counter()
-        per_seed.append(run_seed(s, n=a.n, scenario=a.scenario, family=a.family, structure=a.structure,
-                                 methods=a.methods, K=a.references,
-                                 method_options=json.loads(a.method_options),
-                                 fit_options=json.loads(a.fit_options)))
+        got = run_seed(s, n=a.n, scenario=list(a.scenario), family=a.family, structure=a.structure,
+                       methods=a.methods, K=a.references, method_options=json.loads(a.method_options),
+                       fit_options=json.loads(a.fit_options))
         print(f"seed {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
-        doc = {"config": vars(a), "per_seed": per_seed, "summary": summarise(per_seed),
-               "verdict_counts": verdict_counts(per_seed)}
-        write_result(a.out, doc)
-    print(markdown_table(doc))
-    return doc
+        for sc, out, d in zip(a.scenario, a.out, got):
+            per_seed[sc].append(d)
+            docs[sc] = {"config": {**vars(a), "scenario": sc, "out": out}, "per_seed": per_seed[sc],
+                        "summary": summarise(per_seed[sc]), "verdict_counts": verdict_counts(per_seed[sc])}
+            write_result(out, docs[sc])
+    for sc in a.scenario:
+        print(f"## {sc}\n" + markdown_table(docs[sc]))
+    return docs[a.scenario[0]] if len(a.scenario) == 1 else docs
 
 
 if __name__ == "__main__":

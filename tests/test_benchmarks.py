@@ -101,3 +101,49 @@ def test_table_adds_the_adam_retrain_column_only_when_it_was_run():
         table = markdown_table(doc)
         assert ("× retrain@adam" in table) is has
         assert ("| 40.0 [40.0, 40.0] |" in table) is has
+
+
+def _doc(seeds, **config):
+    from benchmarks.bnn_unlearning import summarise, verdict_counts
+
+    def row(m, rho):
+        return {"method": m, "verdict": "ok", "wall_time_s": 1.0, "speedup_vs_retrain": 2.0,
+                **{f"{s}/{k}": v for s in ("forget", "retain", "test")
+                   for k, v in (("gap_closed", 0.9), ("gap_closed_loo", 0.8), ("floor_ratio", rho))},
+                "within_floor": rho <= 1.0}
+    per_seed = [{"seed": s, "rows": [row("lm-refit", 0.5 + s), row("none", 40.0)]} for s in seeds]
+    cfg = {"n": 300, "scenario": "region", "family": "laplace", "structure": "full", "references": 3,
+           "methods": ["lm-refit"], "fit_options": "{}", "method_options": "{}", "seeds": list(seeds), **config}
+    return {"config": cfg, "per_seed": per_seed, "summary": summarise(per_seed), "verdict_counts": verdict_counts(per_seed)}
+
+
+def test_merge_joins_disjoint_seeds_and_refuses_unlike_runs(tmp_path):
+    from benchmarks._io import write_result
+    from benchmarks.bnn_unlearning import markdown_table, merge
+
+    paths = []
+    for name, seeds, cfg in (("a", [0], {}), ("b", [1, 2], {}), ("c", [1], {}), ("d", [3], {"n": 10_000})):
+        paths.append(str(write_result(tmp_path / f"{name}.json", _doc(seeds, **cfg))))
+    doc = merge(paths[:2])
+    assert doc["config"]["seeds"] == [0, 1, 2]
+    lm = next(c for c in doc["summary"] if c["method"] == "lm-refit")
+    assert lm["n"] == 3 and lm["within_floor"] == [1, 3]  # rho 0.5, 1.5, 2.5: only seed 0 within the floor
+    assert lm["forget/floor_ratio"][0] == 1.5
+    table = markdown_table(doc)
+    assert "Against the noise floor" in table and "| lm-refit | 1.50 [" in table and "| 1/3 |" in table
+    with pytest.raises(ValueError, match="seeds .* repeat"):
+        merge([paths[1], paths[2]])
+    with pytest.raises(ValueError, match=r"differs .* in \['n'\]"):
+        merge([paths[0], paths[3]])
+
+
+def test_unknown_scenario_and_a_single_reference_are_refused_before_any_fit():
+    import torch
+
+    from benchmarks.bnn_unlearning import forget_indices, run_seed
+
+    with pytest.raises(ValueError, match="unknown scenario 'regoin'"):
+        forget_indices(torch.zeros(5, 1), "regoin", 0)
+    assert len(forget_indices(torch.zeros(200, 1), "random:0.05", 0)) == 10
+    with pytest.raises(ValueError, match="at least 2 retrains"):
+        run_seed(0, n=50, scenario="region", family="laplace", structure="full", methods=[], K=1, method_options={})

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bayes_unlearn.analysis.config import load_config, merge, resolve
-from bayes_unlearn.analysis.ensemble import MomentPrediction, leave_one_out_floor, mixture, within_floor
+from bayes_unlearn.analysis.ensemble import (MomentPrediction, floor_ratio, leave_one_out_floor, loo_distances, mixture,
+                                           within_floor)
 
 
 def test_mixture_matches_the_moments_of_draws_from_the_mixture():
@@ -24,22 +25,39 @@ def test_mixture_matches_the_moments_of_draws_from_the_mixture():
     assert torch.allclose(mix.std.float(), draws.std(0), rtol=0.01)
 
 
-def test_leave_one_out_floor_and_band():
-    a = {"test": MomentPrediction(torch.zeros(4), torch.ones(4))}
-    b = {"test": MomentPrediction(torch.full((4,), 0.2), torch.ones(4))}
+def _at(v: float) -> dict:
+    return {"test": MomentPrediction(torch.full((4,), v), torch.ones(4))}
 
-    def dist(p, ref):
-        return {"sq": float(((p.mean.double() - ref.mean) ** 2).mean())}
 
-    floor = leave_one_out_floor([a, b], dist)
+def _sq(p, ref):
+    return {"sq": float(((p.mean.double() - ref.mean) ** 2).mean())}
+
+
+def test_leave_one_out_floor_and_floor_ratio():
+    a, b = _at(0.0), _at(0.2)
+    floor = leave_one_out_floor([a, b], _sq)
     assert floor["test"]["sq"] == pytest.approx([0.04, 0.04])  # with K = 2 the other retrain is the whole LOO mixture
-    # a result on the mixture mean (0.1) is inside the band, one at 0.5 is not
-    assert within_floor(dist(MomentPrediction(torch.full((4,), 0.1), torch.ones(4)), mixture([a["test"], b["test"]]))
-                        ["sq"], floor["test"]["sq"])
-    assert not within_floor(dist(MomentPrediction(torch.full((4,), 0.5), torch.ones(4)),
-                                 mixture([a["test"], b["test"]]))["sq"], floor["test"]["sq"])
+    # a result on the mixture mean (0.1) is 0.01 from each retrain: rho = 0.02 / 0.08
+    mid = loo_distances(_at(0.1), [a, b], _sq)["test"]["sq"]
+    assert mid == pytest.approx([0.01, 0.01]) and floor_ratio(mid, floor["test"]["sq"]) == pytest.approx(0.25)
+    assert within_floor(mid, floor["test"]["sq"])
+    assert not within_floor(loo_distances(_at(0.5), [a, b], _sq)["test"]["sq"], floor["test"]["sq"])
     with pytest.raises(ValueError, match="at least 2 retrains"):
-        leave_one_out_floor([a], dist)
+        leave_one_out_floor([a], _sq)
+    with pytest.raises(ValueError, match="same references"):
+        floor_ratio([0.1], floor["test"]["sq"])
+
+
+def test_floor_ratio_refuses_what_the_old_band_let_through():
+    """The old rule, d(method, mixture of all K) <= max_k floor_k, let through a result further from one
+    retrain than the other retrain is; held against the same references it is outside the floor."""
+    a, b = _at(0.0), _at(0.2)
+    floor = leave_one_out_floor([a, b], _sq)["test"]["sq"]
+    m = _at(0.29)
+    old_band = _sq(m["test"], mixture([a["test"], b["test"]]))["sq"] <= max(floor)
+    assert old_band  # 0.0361 <= 0.04: "indistinguishable" under the old rule
+    held = loo_distances(m, [a, b], _sq)["test"]["sq"]  # 0.0081 from b, 0.0841 from a
+    assert floor_ratio(held, floor) == pytest.approx(1.1525) and not within_floor(held, floor)
 
 
 def _tiny_cfg(**analysis):
