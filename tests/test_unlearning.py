@@ -413,3 +413,22 @@ def test_eubo_detects_divergence_with_defaults(mlp_posterior):
     res = unlearn(old, xf, yf, "eubo")
     assert res.diverged and "eubo-adjusted" in res.warnings[0]  # measured: after 600 steps
     assert torch.isfinite(res.posterior.loc).all()
+
+
+@pytest.mark.parametrize("kl, verdict", [(0.001, "ok"), (0.05, "uncertain")])
+def test_verdict_measures_the_distance_to_the_mode_in_nats(blr, post, kl, verdict):
+    """The exact down-date (the retained posterior) moved by δ with ½ δᵀΛδ = ``kl`` nats: on a quadratic
+    objective ∇L_r = Λδ, so the verdict's Newton decrement ½ λ² must read back the KL of the shift, and
+    decide by ``mode_kl_ok`` (0.01) once the gradient-ratio rule is relaxed (``ok_ratio`` = 1)."""
+    from bayes_unlearn.unlearning.verdict import compute_verdict
+
+    exact = unlearn(post, blr["xf"], blr["yf"], "laplace-downdate").posterior
+    Lam = torch.linalg.inv(exact.covariance().double())
+    z = torch.tensor([1.0, -2.0, 0.5, 1.5, -0.7], dtype=torch.float64)[:len(Lam)]
+    delta = torch.linalg.solve_triangular(torch.linalg.cholesky(Lam).T, z[:, None], upper=True)[:, 0]  # δᵀΛδ = ‖z‖²
+    delta = delta * math.sqrt(2 * kl) / z.norm()
+    shifted = exact.replace(loc=(exact.loc.double() + delta).to(exact.loc.dtype))
+    v = compute_verdict("lm-refit", post, shifted, blr["xf"], blr["yf"], {"diagnostics": {}}, rules={"ok_ratio": 1.0})
+    assert v["numbers"]["mode_kl"] == pytest.approx(kl, rel=1e-3)
+    assert v["numbers"]["grad_ratio"] < 1.0
+    assert v["verdict"] == verdict, v["reasons"]
