@@ -178,12 +178,19 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
     lin = family == "laplace"
     preds = lambda p: {s: predict(p, x, linearised=lin, num_samples=200, seed=seed) for s, x in xs.items()}  # noqa: E731
 
+    from bayes_unlearn.inference.gauss_newton import NegLogJoint
+    from bayes_unlearn.inference.latent import BoundModel
+
+    retained = NegLogJoint(BoundModel(post.model, xr, yr), xr, yr)
+    loss_r = lambda p: float(retained.value(p.loc.detach().to(torch.float64)))  # noqa: E731  L_r at the mean
+
     results = {}
-    refs, ref_grad_norms = [], []
+    refs, ref_grad_norms, ref_losses = [], [], []
     for k in range(K):
         r = unlearn(post, xf, yf, "retrain", seed=seed + 1000 * k)
         refs.append(preds(r.posterior))
         ref_grad_norms.append(r.posterior.meta.get("report", {}).get("grad_norm_at_map"))
+        ref_losses.append(loss_r(r.posterior))
         if k == 0:
             results["retrain"] = r
     for name in methods:
@@ -233,6 +240,10 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
         if r is None:
             rows.append(row)
             continue
+        # the retained objective at the result's mean, against the retrains' modes (> 0: a worse mode of D_r)
+        row["retained_loss_minus_retrains"] = loss_r(r.posterior) - sum(ref_losses) / K
+        if r.verdict.get("numbers", {}).get("mode_kl") is not None:
+            row["mode_kl"] = r.verdict["numbers"]["mode_kl"]
         if "iterations" in r.diagnostics:
             row["iterations"] = r.diagnostics["iterations"]
         rep = getattr(r.posterior, "meta", {}).get("report") or {}
@@ -245,6 +256,7 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
     return {"scenario": scenario, "num_forget": len(idx), "d_none": d_none,
             "d_floor": {s: floor.d_floor[s] / K for s in SPLITS},
             "fit_grad_norm": post.meta["report"].get("grad_norm_at_map"), "reference_grad_norms": ref_grad_norms,
+            "reference_retained_losses": ref_losses,
             "retrain_optimizer": retrain_opt, "retrain_lm_is_retrain": lm_is_retrain, "rows": rows}
 
 
@@ -257,7 +269,7 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         for key in [f"{s}/{k}" for k in ("gap_closed", "gap_closed_loo", "floor_ratio") for s in SPLITS] + [
                     "speedup_vs_retrain", "speedup_vs_retrain_lm",
                                                            "speedup_vs_retrain_adam", "wall_time_s", "grad_ratio",
-                                                           "map_grad_norm"]:
+                                                           "map_grad_norm", "mode_kl", "retained_loss_minus_retrains"]:
             vals = [r.get(key) for r in rows if r.get(key) is not None]
             if vals:
                 cell[key] = bootstrap_ci(vals)
@@ -330,11 +342,12 @@ def markdown_table(doc: dict) -> str:
 
 def merge(paths: list[str]) -> dict:
     """One document from benchmark JSONs of the same configuration run as separate processes (seeds
-    concatenated in the order given, summary recomputed)."""
+    concatenated in the order given, summary recomputed). The methods may differ between the files (a
+    variant added to later seeds): each method's summary counts the seeds that ran it (``n``)."""
     from benchmarks._io import read_result
 
     docs = [read_result(p) for p in paths]
-    keys = ("n", "scenario", "family", "structure", "references", "methods", "fit_options", "method_options")
+    keys = ("n", "scenario", "family", "structure", "references", "fit_options")
     first = {k: docs[0]["config"].get(k) for k in keys}
     for p, d in zip(paths[1:], docs[1:]):
         other = {k: d["config"].get(k) for k in keys}
@@ -345,7 +358,12 @@ def merge(paths: list[str]) -> dict:
     seeds = [s["seed"] for s in per_seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {seeds} repeat across {paths}; merge disjoint seed sets")
-    config = {**docs[0]["config"], "seeds": seeds, "merged_from": list(paths)}
+    methods = list(dict.fromkeys(m for d in docs for m in d["config"].get("methods", [])))
+    options = {}
+    for d in docs:
+        options.update(json.loads(d["config"].get("method_options") or "{}"))
+    config = {**docs[0]["config"], "seeds": seeds, "merged_from": list(paths), "methods": methods,
+              "method_options": json.dumps(options)}
     return {"config": config, "per_seed": per_seed, "summary": summarise(per_seed),
             "verdict_counts": verdict_counts(per_seed)}
 

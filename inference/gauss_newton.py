@@ -348,12 +348,19 @@ class _GGNInverse:
     Cholesky factor of the d × d matrix on the primal path, Woodbury with an M × M factor on the dual one;
     B (or A) is kept, so a new μ costs one factorisation, no Jacobian."""
 
-    def __init__(self, problem: NegLogJoint, theta: torch.Tensor, solver: str, given: torch.Tensor | None = None):
+    def __init__(self, problem: NegLogJoint, theta: torch.Tensor, solver: str, given: torch.Tensor | None = None,
+                 rows: torch.Tensor | None = None):
         self.p = problem.prior_diag(theta)
         self.solver = solver
         if given is not None:  # a dense B at θ the caller already holds (e.g. a down-dated Laplace precision)
             self.solver, self.B = "primal", given
             self.diag = torch.diagonal(given).clone()
+        elif rows is not None:  # the GGN of a subsample, scaled by N / B (the primal path only)
+            sub = NegLogJoint(problem.bound, problem.x[rows], problem.y[rows], chunk=problem.chunk,
+                              with_scale=problem.with_scale)
+            self.solver = "primal"
+            self.B = sub.ggn_matrix(theta) * (len(problem.x) / len(rows)) + torch.diag(self.p)
+            self.diag = torch.diagonal(self.B).clone()
         elif solver == "dual":
             self.A = problem.jacobian(theta)
             self.diag = self.p + self.A.pow(2).sum(0)
@@ -386,7 +393,7 @@ class _GGNInverse:
 def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 500, gtol: float = 1e-3,
               history: int = 20, refresh: int = 10, mu: float = 1e-3, solver: str = "auto",
               time_budget_s: float | None = None, first_curvature: torch.Tensor | None = None,
-              rtol: float = 0.0) -> tuple[torch.Tensor, dict]:
+              rtol: float = 0.0, ggn_rows: int | None = None, seed: int = 0) -> tuple[torch.Tensor, dict]:
     """L-BFGS whose initial inverse Hessian is the damped inverse GGN, (B(θ_ref) + μ diag B)⁻¹, with B
     re-linearised every ``refresh`` iterations; backtracking (Armijo) line search from the unit step; μ
     shrinks (÷3) after a unit step and grows (×4) after a step cut below ¼ (Levenberg–Marquardt's rule,
@@ -401,6 +408,10 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     quasi-Newton idea of Dennis, Gay & Welsch's NL2SOL, in limited-memory form).
     ``first_curvature``: a dense B at θ₀ used until the first re-linearisation (no Jacobian at θ₀).
     Stops at ‖∇L‖ ≤ max(``gtol``, ``rtol`` · ‖∇L(θ₀)‖) (the report's ``grad_target``).
+    ``ggn_rows``: re-linearise B on a fresh seeded random subsample of that many rows, scaled by N/B
+    (subsampled curvature with the exact gradient, Byrd, Chin, Neveitt & Nocedal, SIAM J. Optim. 2011):
+    B only preconditions the L-BFGS step, so the line search and the secant pairs, which use exact
+    gradients, keep the iteration on L; a refresh then costs B/N of a full one. Primal path, N > ggn_rows.
     Memory: the primal path's d × d matrix (or the dual path's A and M × M factor), nothing O(N d) whole.
     """
     t0 = time.perf_counter()
@@ -408,6 +419,10 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     kind = choose_solver(solver, problem.rows(theta), len(theta))
     if kind == "cg":
         kind = "primal"
+    if ggn_rows is not None and not ggn_rows >= 1:
+        raise ValueError(f"ggn_rows must be a positive number of rows (or None for all), got {ggn_rows!r}")
+    subsample = ggn_rows is not None and kind == "primal" and ggn_rows < len(problem.x)
+    gen = torch.Generator().manual_seed(seed)
     L = problem.value(theta)
     g = problem.grad(theta)
     S, Y = [], []
@@ -424,7 +439,10 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
             break
         if H0 is None or (refresh > 0 and it % refresh == 0):
             given = first_curvature if it == 0 else None
-            H0 = _GGNInverse(problem, theta, kind, given)
+            rows = None
+            if given is None and subsample:
+                rows = torch.randperm(len(problem.x), generator=gen)[:ggn_rows]
+            H0 = _GGNInverse(problem, theta, kind, given, rows=rows)
             refreshes += given is None
         H0.factor(mu)
         # two-loop recursion with H0 as the initial inverse Hessian
@@ -476,4 +494,5 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     return theta, {"iterations": len(gn) - 1, "stop": stop, "converged": stop == "converged", "grad_norm": gn[-1],
                    "grad_target": target, "loss_start": L0,
                    "grad_norms": gn, "loss": L, "ggn_refreshes": refreshes, "value_evals": value_evals,
-                   "damping": mus, "solver": kind, "wall_time_s": time.perf_counter() - t0}
+                   "damping": mus, "solver": kind, "ggn_rows": ggn_rows if subsample else None,
+                   "wall_time_s": time.perf_counter() - t0}

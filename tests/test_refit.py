@@ -144,6 +144,37 @@ def test_lm_refit_closes_the_gap_on_the_quick_bnn_region(bnn):
     assert bnn["ref"].verdict["verdict"] == "ok"
 
 
+def test_lm_refit_continues_until_its_mean_is_near_the_mode_in_nats(bnn):
+    """Stopped by the relative gradient rule alone (kl_rounds=0) the mean can sit further from the mode
+    than kl_tol; by default lm-refit continues until ½λ² ≤ kl_tol, and the verdict (its own gradient pass
+    on D_r) reads the same distance."""
+    tol = 1e-6  # below where the relative rule stops on this net, so the rounds must do the work
+    short = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol, kl_rounds=0)
+    assert short.diagnostics["mode_kl"] > tol and short.diagnostics["mode_kl_rounds"] == 0
+    assert any("nats from the retained mode" in w for w in short.warnings)
+    full = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol)
+    assert 1 <= full.diagnostics["mode_kl_rounds"] <= 3 and full.diagnostics["mode_kl"] <= tol
+    assert full.verdict["numbers"]["mode_kl"] == pytest.approx(full.diagnostics["mode_kl"], rel=0.05, abs=1e-9)
+    assert full.diagnostics["iterations"] > short.diagnostics["iterations"]
+    assert not any("nats from the retained mode" in w for w in full.warnings)
+    with pytest.raises(ValueError, match="kl_tol must be > 0"):
+        unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=0.0)
+
+
+def test_a_subsampled_ggn_reaches_the_same_mode(bnn):
+    """ggn_rows: the GGN that preconditions the steps comes from a seeded subsample; the gradient and the
+    line search stay exact, so the refit ends at the mode the full GGN reaches."""
+    full = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=1e-6, solver="primal")
+    sub = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=1e-6, solver="primal", ggn_rows=24)
+    assert full.diagnostics["ggn_rows"] is None and sub.diagnostics["ggn_rows"] == 24  # the subsample was used
+    assert len(bnn["xr"]) > 24 and sub.verdict["verdict"] == "ok", sub.verdict
+    assert float((sub.posterior.loc - full.posterior.loc).norm()) < 1e-2 * float(full.posterior.loc.norm())
+    with pytest.raises(ValueError, match="needs engine='ggn-lbfgs'"):
+        unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", engine="lm", ggn_rows=24)
+    with pytest.raises(ValueError, match="ggn_rows must be a positive number"):
+        unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", ggn_rows=0)
+
+
 def test_verdict_is_not_ok_for_the_region_downdate(bnn):
     res = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "laplace-downdate")
     gaps = _gaps(bnn, res.posterior)

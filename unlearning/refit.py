@@ -45,6 +45,7 @@ For NUTS (empirical) posteriors neither applies: they are refused with a pointer
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -73,20 +74,24 @@ ENGINES = ("ggn-lbfgs", "lm")
 
 def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol: float,
             time_budget_s: float | None, solver: str, mu0: float | None, chunk: int,
-            tau: float = 1e-5, engine: str = "ggn-lbfgs", refresh: int = 20) -> tuple[torch.Tensor, dict]:
+            tau: float = 1e-5, engine: str = "ggn-lbfgs", refresh: int = 20,
+            theta0: torch.Tensor | None = None, ggn_rows: int | None = None,
+            seed: int = 0) -> tuple[torch.Tensor, dict]:
     """The warm re-fit of L_r from θ*: (θ_u in float64, the solver's report). ``engine="lm"``: Levenberg–Marquardt,
     re-linearised (one pass of Jacobians) every iteration; ``"ggn-lbfgs"``: L-BFGS on top of the damped inverse
     GGN (:func:`inference.gauss_newton.ggn_lbfgs`), re-linearised every ``refresh`` iterations, its first
-    curvature the down-dated precision when the posterior holds it."""
+    curvature the down-dated precision when the posterior holds it. ``theta0``: continue from there instead
+    of θ* (no down-dated first curvature)."""
     bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
     problem = NegLogJoint(bound, fs.x_retain, fs.y_retain, chunk=chunk)
-    theta0 = old.loc.detach().to(torch.float64)
+    warm = theta0 is not None
+    theta0 = old.loc.detach().to(torch.float64) if theta0 is None else theta0.detach().to(torch.float64)
     first = None
     curv = (old.meta.get("curvature") or {})
     primal = choose_solver(solver, problem.rows(theta0), len(theta0)) == "primal"
     # (on the dual path a Jacobian costs less than factorising the dense d x d precision, so only the
     # primal path reuses it)
-    if primal and isinstance(old.cov, Precision) and old.active is None and curv.get("curvature") == "ggn":
+    if not warm and primal and isinstance(old.cov, Precision) and old.active is None and curv.get("curvature") == "ggn":
         # the old precision is P + G_D(θ*); minus G_f(θ*) it is L_r's GGN at θ*: no Jacobian needed
         _, G_f = forget_curvature(old, fs, theta0, old.cov.curvature_form, "ggn")
         first = old.cov.precision_form() - G_f
@@ -96,11 +101,12 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
                                    first_curvature=first)
     theta, rep = ggn_lbfgs(problem, theta0, max_iters=max_iters, gtol=gtol, rtol=rtol, refresh=refresh,
                            solver=solver, time_budget_s=time_budget_s, first_curvature=first,
-                           **({} if mu0 is None else {"mu": mu0}))
+                           ggn_rows=ggn_rows, seed=seed, **({} if mu0 is None else {"mu": mu0}))
     return theta, {"iterations": rep["iterations"], "stop": rep["stop"], "converged": rep["converged"],
                    "solver": rep["solver"], "grad_norm": rep["grad_norm"], "grad_norm_start": rep["grad_norms"][0],
                    "grad_target": rep["grad_target"], "jacobian_evals": rep["ggn_refreshes"],
                    "value_evals": rep["value_evals"], "gain_ratios": [], "losses": [rep["loss_start"], rep["loss"]],
+                   "ggn_rows": rep["ggn_rows"],
                    "wall_time_s": rep["wall_time_s"]}
 
 
@@ -127,13 +133,18 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
              max_iters: int = 500, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000, engine: str = "ggn-lbfgs",
-             refresh: int = 20) -> dict:
+             refresh: int = 20, kl_tol: float = 1e-3, kl_rounds: int = 3, ggn_rows: int | None = None) -> dict:
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
+    if not kl_tol > 0:
+        raise ValueError(f"kl_tol must be > 0 (nats), got {kl_tol!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if ggn_rows is not None and engine != "ggn-lbfgs":
+        raise ValueError(f"ggn_rows (a subsampled GGN) needs engine='ggn-lbfgs', got engine={engine!r}")
     t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
-                         solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh)
+                         solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
+                         ggn_rows=ggn_rows, seed=seed)
     warnings: list[str] = []
     rep["lbfgs_iterations"] = 0
     budget_left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)
@@ -145,6 +156,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
     diag = {k: rep[k] for k in ("iterations", "stop", "converged", "solver", "grad_norm", "grad_norm_start",
                                 "grad_target", "jacobian_evals", "value_evals", "lbfgs_iterations")}
     diag["engine"] = engine
+    diag["ggn_rows"] = rep.get("ggn_rows")  # the GGN subsample actually used (None: all rows)
     diag["last_gain_ratio"] = rep["gain_ratios"][-1] if rep["gain_ratios"] else None
     diag["lm_time_s"] = rep["wall_time_s"]
     t0 = time.perf_counter()
@@ -163,6 +175,40 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         warnings.append(f"lm-refit on a {old.family} posterior returns the GGN Laplace approximation at the new "
                         "mode in the guide's structure, not an SVI fit; use elbo-refit for the guide itself")
     diag["curvature_time_s"] = time.perf_counter() - t0
+    # the distance to the mode in nats (the verdict's ½λ², in this covariance): continue while it exceeds kl_tol
+    problem = NegLogJoint(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain, fs.y_retain, chunk=chunk)
+    kl_trace = []
+    for _ in range(kl_rounds + 1):
+        g = problem.grad(theta)
+        g_act = g if old.active is None else g[old.active]
+        mode_kl = 0.5 * float(g_act @ cov.matvec(g_act.to(cov.dtype)).to(torch.float64))
+        kl_trace.append(mode_kl)
+        if mode_kl <= kl_tol or len(kl_trace) > kl_rounds or (
+                time_budget_s is not None and time.perf_counter() - t_start > time_budget_s):
+            break
+        # ½λ² scales as ‖∇‖²: aim the gradient at a quarter of what reaches kl_tol
+        target = float(g.norm()) * 0.5 * math.sqrt(kl_tol / mode_kl)
+        theta, more = lm_mode(old, fs, max_iters=max_iters, rtol=0.0, gtol=target, time_budget_s=None,
+                              solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
+                              theta0=theta, ggn_rows=ggn_rows, seed=seed + 1)
+        rep["iterations"] += more["iterations"]
+        diag["iterations"] = rep["iterations"]
+        if old.family == "laplace":
+            cov, facts = laplace_covariance(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain,
+                                            fs.y_retain, theta, **curv)
+            meta_curv = facts
+        else:
+            laplace, facts = laplace_covariance(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain,
+                                                fs.y_retain, theta, curvature="ggn", structure="full")
+            cov = structure_class(STRUCTURE_OF[old.family]).from_precision(
+                laplace.precision, rank=getattr(old.cov, "rank", None)).to(old.loc.dtype)
+            meta_curv = {**facts, "written_as": cov.name}
+    diag["mode_kl"] = kl_trace[-1]
+    diag["mode_kl_rounds"] = len(kl_trace) - 1
+    diag["grad_norm"] = float(problem.grad(theta).norm()) if len(kl_trace) > 1 else diag["grad_norm"]
+    if kl_trace[-1] > kl_tol:
+        warnings.append(f"lm-refit's mean is ½λ² = {kl_trace[-1]:.3g} nats from the retained mode (above kl_tol "
+                        f"{kl_tol:g}) after {len(kl_trace) - 1} more rounds")
     diag["precision_min_eigenvalue"] = facts.get("min_eigenvalue")
     post = Posterior(loc=theta.to(cov.dtype), cov=cov, family=old.family, layout=old.layout,
                      meta={"fit": old.meta.get("fit"), "curvature": meta_curv})
