@@ -432,3 +432,16 @@ def test_verdict_measures_the_distance_to_the_mode_in_nats(blr, post, kl, verdic
     assert v["numbers"]["mode_kl"] == pytest.approx(kl, rel=1e-3)
     assert v["numbers"]["grad_ratio"] < 1.0
     assert v["verdict"] == verdict, v["reasons"]
+
+
+def test_verdict_takes_the_exact_gradient_for_a_single_mean_beyond_exact_max(blr, post):
+    """A Laplace mean needs one gradient pass over D_r, so it is never estimated on a minibatch: with
+    exact_max = 10 and batches of 16 rows the exact retained posterior still reads r ≈ 0 and "ok" (a
+    minibatch's noise read as a gradient called exact retrains "failed" at N_r = 35k)."""
+    from bayes_unlearn.unlearning.verdict import compute_verdict
+
+    exact = unlearn(post, blr["xf"], blr["yf"], "laplace-downdate").posterior
+    v = compute_verdict("lm-refit", post, exact, blr["xf"], blr["yf"], {"diagnostics": {}},
+                        rules={"exact_max": 10, "batch_size": 16})
+    assert v["numbers"]["grad_ratio"] < 1e-6 and v["numbers"]["retained_grad_se"] == 0.0
+    assert v["verdict"] == "ok", v["reasons"]

@@ -21,8 +21,9 @@ covariance Σ_u measures how far its mean is from the retained mode next to it, 
 the KL between the result and the same Gaussian moved by one Gauss–Newton step. A linearised predictive
 is a linear image of it, so its KL at any input is at most ½ λ² (data processing). "ok" needs
 ½ λ² ≤ ``mode_kl_ok`` = 0.01 nats, below the retrain-to-retrain spread of the default BNN's predictive
-(chosen from that argument, not tuned on a benchmark). The gradient of a single-mean posterior is then
-computed on all of D_r (one pass), not on a minibatch. At the old posterior ∇L_r(θ*) = g_f (θ* is a mode of L_r + L_f), so "do nothing" has r ≈ 1 and
+(chosen from that argument, not tuned on a benchmark). The gradients at a single mean (Laplace family:
+∇L_r at μ_u, g_f at θ*) are computed on all the rows (one pass), never on a minibatch: at N_r = 35k the
+minibatch's noise, read as gradient, called converged retrains "failed". At the old posterior ∇L_r(θ*) = g_f (θ* is a mode of L_r + L_f), so "do nothing" has r ≈ 1 and
 exact retraining r ≈ 0 (a converged fit; E_q[∇ log p̃(θ, D_r)] = ∇_m ELBO_{D_r} vanishes at a
 converged guide). The gradient is exact on D_r for N_r ≤ ``exact_max`` points, else a minibatch
 estimate with its standard error. For posteriors with draws the expectation is a Monte-Carlo mean
@@ -207,9 +208,10 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
             g_r, se_r = retained_gradient(bound_r, new.x, new.y, th_new, w_new,
                                           exact_max=max(R["exact_max"], n_r) if one_mean else R["exact_max"],
                                           batch_size=R["batch_size"], seed=seed, antithetic=anti_new)
+            one_old = len(th_old) == 1 and w_old is None
             g_f, se_f = retained_gradient(bound_f, x_forget, y_forget, th_old, w_old, with_prior=False,
-                                          exact_max=R["exact_max"], batch_size=R["batch_size"], seed=seed,
-                                          antithetic=anti_old)
+                                          exact_max=max(R["exact_max"], len(x_forget)) if one_old else R["exact_max"],
+                                          batch_size=R["batch_size"], seed=seed, antithetic=anti_old)
             num, den = float(g_r.norm()), float(g_f.norm())
             numbers.update(retained_grad_norm=num, retained_grad_se=se_r, forget_grad_norm=den, forget_grad_se=se_f)
             if not math.isfinite(num):
