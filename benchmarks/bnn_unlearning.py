@@ -237,7 +237,8 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
                                               / _kl(p_none[s], rp[s].mean.double(), rp[s].std.double()) for rp in refs]
         if name != "retrain":  # the timed retrain is refs[0], a member of every other LOO ensemble
             row.update(floor.numbers(p))
-        if r is None:
+        if r is None:  # θ* itself: is the original fit's mode worse on D_r than the retrains' modes?
+            row["retained_loss_minus_retrains"] = loss_r(post) - sum(ref_losses) / K
             rows.append(row)
             continue
         # the retained objective at the result's mean, against the retrains' modes (> 0: a worse mode of D_r)
