@@ -173,6 +173,17 @@ def test_a_subsampled_ggn_reaches_the_same_mode(bnn):
         unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", engine="lm", ggn_rows=24)
     with pytest.raises(ValueError, match="ggn_rows must be a positive number"):
         unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", ggn_rows=0)
+    with pytest.raises(ValueError, match="ggn_rows must be 'auto', None or a number"):
+        unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", ggn_rows="half")
+
+
+def test_ggn_rows_auto_subsamples_only_large_retained_sets():
+    from bayes_unlearn.unlearning.refit import GGN_ROWS_AUTO, GGN_ROWS_AUTO_MIN_N, resolve_ggn_rows
+
+    assert resolve_ggn_rows("auto", GGN_ROWS_AUTO_MIN_N, "ggn-lbfgs") is None
+    assert resolve_ggn_rows("auto", GGN_ROWS_AUTO_MIN_N + 1, "ggn-lbfgs") == GGN_ROWS_AUTO == 2048
+    assert resolve_ggn_rows("auto", 10**6, "lm") is None  # LM re-linearises exactly every iteration
+    assert resolve_ggn_rows(None, 10**6, "ggn-lbfgs") is None and resolve_ggn_rows(512, 10, "ggn-lbfgs") == 512
 
 
 def test_verdict_is_not_ok_for_the_region_downdate(bnn):

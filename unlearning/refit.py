@@ -72,6 +72,22 @@ _WARM_CHAIN = "a warm NUTS chain costs as much as retraining, use method='retrai
 ENGINES = ("ggn-lbfgs", "lm")
 
 
+GGN_ROWS_AUTO = 2048       # rows of the subsampled GGN under ggn_rows="auto" (calibration seed 0, N = 10k)
+GGN_ROWS_AUTO_MIN_N = 8192  # ... used when D_r has more rows than this
+
+
+def resolve_ggn_rows(ggn_rows: int | str | None, n_retain: int, engine: str) -> int | None:
+    """The GGN subsample of ``lm-refit``: ``"auto"`` is ``GGN_ROWS_AUTO`` rows when N_r > ``GGN_ROWS_AUTO_MIN_N``
+    on the ggn-lbfgs engine, else all rows (None); an int is taken as given (ggn-lbfgs only)."""
+    if ggn_rows == "auto":
+        return GGN_ROWS_AUTO if engine == "ggn-lbfgs" and n_retain > GGN_ROWS_AUTO_MIN_N else None
+    if ggn_rows is not None and (isinstance(ggn_rows, str) or isinstance(ggn_rows, bool)):
+        raise ValueError(f"ggn_rows must be 'auto', None or a number of rows, got {ggn_rows!r}")
+    if ggn_rows is not None and engine != "ggn-lbfgs":
+        raise ValueError(f"ggn_rows (a subsampled GGN) needs engine='ggn-lbfgs', got engine={engine!r}")
+    return ggn_rows
+
+
 def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol: float,
             time_budget_s: float | None, solver: str, mu0: float | None, chunk: int,
             tau: float = 1e-5, engine: str = "ggn-lbfgs", refresh: int = 20,
@@ -133,14 +149,14 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
              max_iters: int = 500, rtol: float = 1e-2, gtol: float = LM_DEFAULTS["gtol"],
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000, engine: str = "ggn-lbfgs",
-             refresh: int = 20, kl_tol: float = 1e-3, kl_rounds: int = 3, ggn_rows: int | None = None) -> dict:
+             refresh: int = 20, kl_tol: float = 1e-3, kl_rounds: int = 3,
+             ggn_rows: int | str | None = "auto") -> dict:
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
     if not kl_tol > 0:
         raise ValueError(f"kl_tol must be > 0 (nats), got {kl_tol!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if ggn_rows is not None and engine != "ggn-lbfgs":
-        raise ValueError(f"ggn_rows (a subsampled GGN) needs engine='ggn-lbfgs', got engine={engine!r}")
+    ggn_rows = resolve_ggn_rows(ggn_rows, len(fs.x_retain), engine)
     t_start = time.perf_counter()
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
                          solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
