@@ -142,6 +142,22 @@ def _lbfgs_handover(old: Posterior, fs: ForgetSet, theta: torch.Tensor, rep: dic
     return best, rep
 
 
+def _covariance_at(old: Posterior, fs: ForgetSet, theta: torch.Tensor) -> tuple:
+    """(cov, facts, meta) of the Laplace approximation at θ on D_r: the old posterior's curvature and
+    structure for a Laplace posterior; for an SVI one, the GGN Laplace written in the guide's structure
+    (a low-rank guide keeps its rank)."""
+    bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
+    if old.family == "laplace":
+        opts = (old.meta.get("fit") or {}).get("options", {})
+        cov, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta,
+                                        **{k: opts[k] for k in _CURV_KEYS if k in opts})
+        return cov, facts, facts
+    laplace, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta, curvature="ggn", structure="full")
+    cov = structure_class(STRUCTURE_OF[old.family]).from_precision(
+        laplace.precision, rank=getattr(old.cov, "rank", None)).to(old.loc.dtype)
+    return cov, facts, {**facts, "written_as": cov.name}
+
+
 @register("lm-refit", "warm Levenberg-Marquardt re-fit of the retained objective from θ* (dual/primal/CG "
           "solves, per-example Jacobians), then the Laplace approximation at the new mode",
           families=("laplace", "meanfield", "lowrank", "fullrank"))
@@ -176,18 +192,8 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
     diag["last_gain_ratio"] = rep["gain_ratios"][-1] if rep["gain_ratios"] else None
     diag["lm_time_s"] = rep["wall_time_s"]
     t0 = time.perf_counter()
-    if old.family == "laplace":
-        opts = (old.meta.get("fit") or {}).get("options", {})
-        curv = {k: opts[k] for k in _CURV_KEYS if k in opts}
-        bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
-        cov, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta, **curv)
-        meta_curv = facts
-    else:  # an SVI posterior: the GGN Laplace at the new mode, written in the guide's structure
-        bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
-        laplace, facts = laplace_covariance(bound, fs.x_retain, fs.y_retain, theta, curvature="ggn", structure="full")
-        rank = getattr(old.cov, "rank", None)  # a low-rank guide keeps its rank
-        cov = structure_class(STRUCTURE_OF[old.family]).from_precision(laplace.precision, rank=rank).to(old.loc.dtype)
-        meta_curv = {**facts, "written_as": cov.name}
+    cov, facts, meta_curv = _covariance_at(old, fs, theta)
+    if old.family != "laplace":
         warnings.append(f"lm-refit on a {old.family} posterior returns the GGN Laplace approximation at the new "
                         "mode in the guide's structure, not an SVI fit; use elbo-refit for the guide itself")
     diag["curvature_time_s"] = time.perf_counter() - t0
@@ -202,23 +208,14 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         if mode_kl <= kl_tol or len(kl_trace) > kl_rounds or (
                 time_budget_s is not None and time.perf_counter() - t_start > time_budget_s):
             break
-        # ½λ² scales as ‖∇‖²: aim the gradient at a quarter of what reaches kl_tol
+        # ½λ² scales as ‖∇‖²: a gradient ½·√(kl_tol / ½λ²) of this one aims at ½λ² ≈ kl_tol / 4
         target = float(g.norm()) * 0.5 * math.sqrt(kl_tol / mode_kl)
         theta, more = lm_mode(old, fs, max_iters=max_iters, rtol=0.0, gtol=target, time_budget_s=None,
                               solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
                               theta0=theta, ggn_rows=ggn_rows, seed=seed + 1)
         rep["iterations"] += more["iterations"]
         diag["iterations"] = rep["iterations"]
-        if old.family == "laplace":
-            cov, facts = laplace_covariance(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain,
-                                            fs.y_retain, theta, **curv)
-            meta_curv = facts
-        else:
-            laplace, facts = laplace_covariance(BoundModel(old.model, fs.x_retain, fs.y_retain), fs.x_retain,
-                                                fs.y_retain, theta, curvature="ggn", structure="full")
-            cov = structure_class(STRUCTURE_OF[old.family]).from_precision(
-                laplace.precision, rank=getattr(old.cov, "rank", None)).to(old.loc.dtype)
-            meta_curv = {**facts, "written_as": cov.name}
+        cov, facts, meta_curv = _covariance_at(old, fs, theta)
     diag["mode_kl"] = kl_trace[-1]
     diag["mode_kl_rounds"] = len(kl_trace) - 1
     diag["grad_norm"] = float(problem.grad(theta).norm()) if len(kl_trace) > 1 else diag["grad_norm"]
