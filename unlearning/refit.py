@@ -60,6 +60,7 @@ from ..inference.svi import GUIDES, STRUCTURE_OF
 
 from .base import ForgetSet, register, require_gaussian
 from .laplace import forget_curvature
+from .verdict import mode_kl
 
 __all__ = ["lm_mode"]
 
@@ -202,14 +203,13 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
     kl_trace = []
     for _ in range(kl_rounds + 1):
         g = problem.grad(theta)
-        g_act = g if old.active is None else g[old.active]
-        mode_kl = 0.5 * float(g_act @ cov.matvec(g_act.to(cov.dtype)).to(torch.float64))
-        kl_trace.append(mode_kl)
-        if mode_kl <= kl_tol or len(kl_trace) > kl_rounds or (
+        kl_now = mode_kl(cov, g, old.active)
+        kl_trace.append(kl_now)
+        if kl_now <= kl_tol or len(kl_trace) > kl_rounds or (
                 time_budget_s is not None and time.perf_counter() - t_start > time_budget_s):
             break
         # ½λ² scales as ‖∇‖²: a gradient ½·√(kl_tol / ½λ²) of this one aims at ½λ² ≈ kl_tol / 4
-        target = float(g.norm()) * 0.5 * math.sqrt(kl_tol / mode_kl)
+        target = float(g.norm()) * 0.5 * math.sqrt(kl_tol / kl_now)
         theta, more = lm_mode(old, fs, max_iters=max_iters, rtol=0.0, gtol=target, time_budget_s=None,
                               solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
                               theta0=theta, ggn_rows=ggn_rows, seed=seed + 1)
@@ -218,7 +218,8 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         cov, facts, meta_curv = _covariance_at(old, fs, theta)
     diag["mode_kl"] = kl_trace[-1]
     diag["mode_kl_rounds"] = len(kl_trace) - 1
-    diag["grad_norm"] = float(problem.grad(theta).norm()) if len(kl_trace) > 1 else diag["grad_norm"]
+    if len(kl_trace) > 1:  # the loop's last gradient is at the final θ
+        diag["grad_norm"] = float(g.norm())
     if kl_trace[-1] > kl_tol:
         warnings.append(f"lm-refit's mean is ½λ² = {kl_trace[-1]:.3g} nats from the retained mode (above kl_tol "
                         f"{kl_tol:g}) after {len(kl_trace) - 1} more rounds")

@@ -21,12 +21,14 @@ covariance Σ_u measures how far its mean is from the retained mode next to it, 
 the KL between the result and the same Gaussian moved by one Gauss–Newton step. A linearised predictive
 is a linear image of it, so its KL at any input is at most ½ λ² (data processing). "ok" needs
 ½ λ² ≤ ``mode_kl_ok`` = 0.01 nats, below the retrain-to-retrain spread of the default BNN's predictive
-(chosen from that argument, not tuned on a benchmark). The gradients at a single mean (Laplace family:
-∇L_r at μ_u, g_f at θ*) are computed on all the rows (one pass), never on a minibatch: at N_r = 35k the
-minibatch's noise, read as gradient, called converged retrains "failed". At the old posterior ∇L_r(θ*) = g_f (θ* is a mode of L_r + L_f), so "do nothing" has r ≈ 1 and
+(chosen from that argument, not tuned on a benchmark).
+
+At the old posterior ∇L_r(θ*) = g_f (θ* is a mode of L_r + L_f), so "do nothing" has r ≈ 1 and
 exact retraining r ≈ 0 (a converged fit; E_q[∇ log p̃(θ, D_r)] = ∇_m ELBO_{D_r} vanishes at a
 converged guide). The gradient is exact on D_r for N_r ≤ ``exact_max`` points, else a minibatch
-estimate with its standard error. For posteriors with draws the expectation is a Monte-Carlo mean
+estimate with its standard error; at a single mean (Laplace family: ∇L_r at μ_u, g_f at θ*) it is
+always exact, one pass (at N_r = 35k a minibatch's noise, read as gradient, called converged retrains
+"failed"). For posteriors with draws the expectation is a Monte-Carlo mean
 over ``num_draws`` antithetic draws (a control variate anchored at the old guide's gradient at the
 same standard-normal draws was tried and raised the standard error on the region deletion). The ratio's
 interval (numerator ± its standard error over denominator ∓ its own) decides: "failed" needs its
@@ -59,7 +61,7 @@ from ..inference.covariance import Covariance
 from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
 
-__all__ = ["VERDICT_RULES", "compute_verdict", "retained_gradient", "ess_kl"]
+__all__ = ["VERDICT_RULES", "compute_verdict", "retained_gradient", "ess_kl", "mode_kl"]
 
 RETRAINS = ("retrain", "retrain-warm", "retrain-lm")  # the references: judged as fits, not as updates
 VERDICT_RULES = {"ok_ratio": 0.02, "fail_ratio": 0.5, "khat_uncertain": 0.5, "khat_fail": 0.7, "min_ess": 10.0,
@@ -75,6 +77,13 @@ def ess_kl(ess: float, dim: int, cov: Covariance | type[Covariance] | None = Non
     actual error larger."""
     p = (cov or Covariance).num_moments(dim)
     return p / (2.0 * max(ess, 1e-12))
+
+
+def mode_kl(cov: Covariance, grad: torch.Tensor, active: torch.Tensor | None = None) -> float:
+    """½ λ² = ½ ∇ᵀ Σ ∇: the Newton decrement of a Gaussian N(μ, Σ) whose objective has gradient ``grad``
+    at μ, i.e. KL(N(μ, Σ) ‖ N(μ − Σ∇, Σ)), in nats (``active``: the coordinates Σ covers)."""
+    g = grad.to(torch.float64) if active is None else grad.to(torch.float64)[active]
+    return 0.5 * float(g @ cov.matvec(g.to(cov.dtype)).to(torch.float64))
 
 
 def _find_repairs(obj: Any) -> list:
@@ -105,14 +114,15 @@ def retained_gradient(bound: BoundModel, x: torch.Tensor, y: torch.Tensor, theta
                       batch_size: int = 4096, seed: int = 0, antithetic: bool = False) -> tuple[torch.Tensor, float]:
     """(Ê[∇ log p̃(θ, D)] over the draws ``thetas`` [S, d] with ``weights``, its standard error in norm).
 
-    Exact in the data for N ≤ ``exact_max`` (one pass); beyond, a minibatch of ``batch_size`` points
-    scaled by N/B. The standard error combines the draw-to-draw spread and (for a minibatch) the
+    Exact in the data for N ≤ ``exact_max`` (one pass), and always for a single unweighted draw (one pass
+    is then the whole cost, and a minibatch would only add noise); beyond, a minibatch of ``batch_size``
+    points scaled by N/B. The standard error combines the draw-to-draw spread and (for a minibatch) the
     point-to-point spread of the per-point gradient sum. ``antithetic``: the draws are pairs
     (first half μ + δ, second half μ − δ) and are averaged pairwise first."""
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
     n = len(x64)
     scale, sub = 1.0, None
-    if n > exact_max:
+    if n > exact_max and (len(thetas) > 1 or weights is not None):
         g = torch.Generator().manual_seed(seed)
         sub = torch.randperm(n, generator=g)[:batch_size]
         scale = n / batch_size
@@ -203,15 +213,11 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
             th_old, w_old = _draws(old, R["num_draws"], seed)
             anti_new = new.cov.gaussian and len(th_new) > 1
             anti_old = old.cov.gaussian and len(th_old) > 1
-            one_mean = len(th_new) == 1 and w_new is None  # one gradient pass: exact on all of D_r
-            n_r = len(new.x if new.x is not None else x_forget)
-            g_r, se_r = retained_gradient(bound_r, new.x, new.y, th_new, w_new,
-                                          exact_max=max(R["exact_max"], n_r) if one_mean else R["exact_max"],
+            g_r, se_r = retained_gradient(bound_r, new.x, new.y, th_new, w_new, exact_max=R["exact_max"],
                                           batch_size=R["batch_size"], seed=seed, antithetic=anti_new)
-            one_old = len(th_old) == 1 and w_old is None
             g_f, se_f = retained_gradient(bound_f, x_forget, y_forget, th_old, w_old, with_prior=False,
-                                          exact_max=max(R["exact_max"], len(x_forget)) if one_old else R["exact_max"],
-                                          batch_size=R["batch_size"], seed=seed, antithetic=anti_old)
+                                          exact_max=R["exact_max"], batch_size=R["batch_size"], seed=seed,
+                                          antithetic=anti_old)
             num, den = float(g_r.norm()), float(g_f.norm())
             numbers.update(retained_grad_norm=num, retained_grad_se=se_r, forget_grad_norm=den, forget_grad_se=se_f)
             if not math.isfinite(num):
@@ -231,9 +237,8 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
                     what = f"{ratio:.3g}" if hi == lo else f"{ratio:.3g} (interval {lo:.3g}–{hi:.3g})"
                     reasons_unc.append(f"‖∇L_r‖ at the new mean is {what} of the forget set's gradient "
                                        f"(> {R['ok_ratio']})")
-            if one_mean and math.isfinite(num) and new.cov.gaussian:
-                g = g_r if new.active is None else g_r[new.active]
-                half_lam2 = 0.5 * float(g @ new.cov.matvec(g.to(new.cov.dtype)).to(torch.float64))
+            if len(th_new) == 1 and w_new is None and math.isfinite(num) and new.cov.gaussian:
+                half_lam2 = mode_kl(new.cov, g_r, new.active)
                 numbers["mode_kl"] = half_lam2
                 if not half_lam2 <= R["mode_kl_ok"]:
                     reasons_unc.append(f"the new mean is ½λ² = {half_lam2:.3g} nats from the retained mode next to it "
