@@ -123,6 +123,44 @@ def test_ggn_lbfgs_is_one_newton_step_on_blr(blr_problem):
     assert torch.allclose(theta, b["exact_full"].mean.double(), atol=1e-6)
 
 
+def test_the_newton_decrement_is_taken_without_the_damping(small_bnn):
+    """½ gᵀB⁻¹g, the distance to the mode in nats, must not see μ · diag B: on a net diag B is large on the
+    coordinates the data pin down, so any damping shrinks the estimate (35× at μ = 1e-3 at N = 50k)."""
+    from bayes_unlearn.inference.gauss_newton import _GGNInverse
+    from bayes_unlearn.inference.laplace import prior_draw
+
+    model, x, y = small_bnn
+    problem = NegLogJoint(BoundModel(model, x, y), x, y)
+    theta = prior_draw(problem.bound, x, 0).double()
+    g = problem.grad(theta)
+    B = problem.ggn_matrix(theta) + torch.diag(problem.prior_diag(theta))
+    exact = 0.5 * float(g @ torch.linalg.solve(B, g))
+    for kind in ("primal", "dual"):
+        H = _GGNInverse(problem, theta, kind)
+        H.factor(1e-1)
+        assert 0.5 * float(g @ H.undamped(g)) == pytest.approx(exact, rel=1e-8), kind
+        assert 0.5 * float(g @ H(g)) < (1 - 1e-2) * exact  # the damped solve would have said "closer"
+
+
+def test_ggn_lbfgs_stops_on_the_estimated_decrement_only_below_kl_tol(small_bnn):
+    """With kl_tol, meeting the gradient target is not enough: the loop goes on until ½ gᵀB⁻¹g ≤ kl_tol."""
+    from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
+    from bayes_unlearn.inference.laplace import prior_draw
+
+    model, x, y = small_bnn
+    problem = NegLogJoint(BoundModel(model, x, y), x, y)
+    theta0, _ = levenberg_marquardt(problem, prior_draw(problem.bound, x, 0), max_iters=50, rtol=0.0, gtol=1e-6,
+                                    damping="marquardt")
+    loose = 10.0 * float(problem.grad(theta0).norm())  # met at the start
+    _, plain = ggn_lbfgs(problem, theta0, gtol=loose)
+    theta, rep = ggn_lbfgs(problem, theta0, gtol=loose, kl_tol=1e-10)
+    assert plain["iterations"] == 0 and plain["newton_decrement"] is None
+    assert rep["converged"] and rep["iterations"] > 0 and rep["newton_decrement"] <= 1e-10
+    g = problem.grad(theta)
+    B = problem.ggn_matrix(theta) + torch.diag(problem.prior_diag(theta))
+    assert 0.5 * float(g @ torch.linalg.solve(B, g)) < 1e-8
+
+
 def test_ggn_lbfgs_finishes_the_gauss_newton_tail_on_a_small_bnn(small_bnn):
     """Where LM's convergence is linear (the residual curvature it ignores), the same number of GGN-preconditioned
     L-BFGS iterations from the same point gets (much) closer to the mode."""

@@ -149,16 +149,32 @@ def test_lm_refit_continues_until_its_mean_is_near_the_mode_in_nats(bnn):
     than kl_tol; by default lm-refit continues until ½λ² ≤ kl_tol, and the verdict (its own gradient pass
     on D_r) reads the same distance."""
     tol = 1e-6  # below where the relative rule stops on this net, so the rounds must do the work
-    short = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol, kl_rounds=0)
+    # (kl_aim=None: without the in-loop stop on the estimated decrement, which would reach tol by itself)
+    short = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol, kl_rounds=0, kl_aim=None)
     assert short.diagnostics["mode_kl"] > tol and short.diagnostics["mode_kl_rounds"] == 0
     assert any("nats from the retained mode" in w for w in short.warnings)
-    full = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol)
+    full = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol, kl_aim=None)
     assert 1 <= full.diagnostics["mode_kl_rounds"] <= 3 and full.diagnostics["mode_kl"] <= tol
     assert full.verdict["numbers"]["mode_kl"] == pytest.approx(full.diagnostics["mode_kl"], rel=0.05, abs=1e-9)
     assert full.diagnostics["iterations"] > short.diagnostics["iterations"]
     assert not any("nats from the retained mode" in w for w in full.warnings)
     with pytest.raises(ValueError, match="kl_tol must be > 0"):
         unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=0.0)
+
+
+def test_the_in_loop_decrement_stop_reaches_kl_tol_without_a_round(bnn):
+    """kl_aim (default ¼): the quasi-Newton loop itself runs until ½ gᵀB⁻¹g ≤ ¼ kl_tol with its preconditioner's
+    GGN, so the exact check after the covariance finds the mean within kl_tol and no round (a second covariance
+    and a cold restart of the L-BFGS memory) runs; the estimate agrees with the exact ½λ²."""
+    tol = 1e-6
+    res = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=tol, solver="primal")
+    d = res.diagnostics
+    assert d["mode_kl_rounds"] == 0 and d["mode_kl"] <= tol, d
+    assert d["newton_decrement"] <= 0.25 * tol
+    assert d["mode_kl"] == pytest.approx(d["newton_decrement"], rel=0.5)  # same GGN at (nearly) the same point
+    with pytest.raises(ValueError, match="kl_tol must be > 0"):
+        from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
+        ggn_lbfgs(None, torch.zeros(2), kl_tol=-1.0)
 
 
 def test_a_subsampled_ggn_reaches_the_same_mode(bnn):

@@ -93,12 +93,13 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
             time_budget_s: float | None, solver: str, mu0: float | None, chunk: int,
             tau: float = 1e-5, engine: str = "ggn-lbfgs", refresh: int = 20,
             theta0: torch.Tensor | None = None, ggn_rows: int | None = None,
-            seed: int = 0) -> tuple[torch.Tensor, dict]:
+            seed: int = 0, kl_tol: float | None = None) -> tuple[torch.Tensor, dict]:
     """The warm re-fit of L_r from θ*: (θ_u in float64, the solver's report). ``engine="lm"``: Levenberg–Marquardt,
     re-linearised (one pass of Jacobians) every iteration; ``"ggn-lbfgs"``: L-BFGS on top of the damped inverse
     GGN (:func:`inference.gauss_newton.ggn_lbfgs`), re-linearised every ``refresh`` iterations, its first
     curvature the down-dated precision when the posterior holds it. ``theta0``: continue from there instead
-    of θ* (no down-dated first curvature)."""
+    of θ* (no down-dated first curvature). ``kl_tol`` (ggn-lbfgs): also stop only once the Newton decrement
+    estimated with the preconditioner is below it (nats)."""
     bound = BoundModel(old.model, fs.x_retain, fs.y_retain)
     problem = NegLogJoint(bound, fs.x_retain, fs.y_retain, chunk=chunk)
     warm = theta0 is not None
@@ -118,12 +119,12 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
                                    first_curvature=first)
     theta, rep = ggn_lbfgs(problem, theta0, max_iters=max_iters, gtol=gtol, rtol=rtol, refresh=refresh,
                            solver=solver, time_budget_s=time_budget_s, first_curvature=first,
-                           ggn_rows=ggn_rows, seed=seed, **({} if mu0 is None else {"mu": mu0}))
+                           ggn_rows=ggn_rows, seed=seed, kl_tol=kl_tol, **({} if mu0 is None else {"mu": mu0}))
     return theta, {"iterations": rep["iterations"], "stop": rep["stop"], "converged": rep["converged"],
                    "solver": rep["solver"], "grad_norm": rep["grad_norm"], "grad_norm_start": rep["grad_norms"][0],
                    "grad_target": rep["grad_target"], "jacobian_evals": rep["ggn_refreshes"],
                    "value_evals": rep["value_evals"], "gain_ratios": [], "losses": [rep["loss_start"], rep["loss"]],
-                   "ggn_rows": rep["ggn_rows"],
+                   "ggn_rows": rep["ggn_rows"], "newton_decrement": rep["newton_decrement"],
                    "wall_time_s": rep["wall_time_s"]}
 
 
@@ -167,7 +168,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
              time_budget_s: float | None = None, solver: str = "auto", mu0: float | None = None,
              tau: float = 1e-5, chunk: int = 1024, lbfgs_steps: int = 1000, engine: str = "ggn-lbfgs",
              refresh: int = 20, kl_tol: float = 1e-3, kl_rounds: int = 3,
-             ggn_rows: int | str | None = "auto") -> dict:
+             ggn_rows: int | str | None = "auto", kl_aim: float | None = 0.25) -> dict:
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
     if not kl_tol > 0:
         raise ValueError(f"kl_tol must be > 0 (nats), got {kl_tol!r}")
@@ -175,9 +176,10 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     ggn_rows = resolve_ggn_rows(ggn_rows, len(fs.x_retain), engine)
     t_start = time.perf_counter()
+    aim = None if kl_aim is None else kl_aim * kl_tol
     theta, rep = lm_mode(old, fs, max_iters=max_iters, rtol=rtol, gtol=gtol, time_budget_s=time_budget_s,
                          solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
-                         ggn_rows=ggn_rows, seed=seed)
+                         ggn_rows=ggn_rows, seed=seed, kl_tol=aim)
     warnings: list[str] = []
     rep["lbfgs_iterations"] = 0
     budget_left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)
@@ -190,6 +192,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
                                 "grad_target", "jacobian_evals", "value_evals", "lbfgs_iterations")}
     diag["engine"] = engine
     diag["ggn_rows"] = rep.get("ggn_rows")  # the GGN subsample actually used (None: all rows)
+    diag["newton_decrement"] = rep.get("newton_decrement")  # ½λ̂² at the stop, in the preconditioner's metric
     diag["last_gain_ratio"] = rep["gain_ratios"][-1] if rep["gain_ratios"] else None
     diag["lm_time_s"] = rep["wall_time_s"]
     t0 = time.perf_counter()
@@ -212,7 +215,7 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
         target = float(g.norm()) * 0.5 * math.sqrt(kl_tol / kl_now)
         theta, more = lm_mode(old, fs, max_iters=max_iters, rtol=0.0, gtol=target, time_budget_s=None,
                               solver=solver, mu0=mu0, chunk=chunk, tau=tau, engine=engine, refresh=refresh,
-                              theta0=theta, ggn_rows=ggn_rows, seed=seed + 1)
+                              theta0=theta, ggn_rows=ggn_rows, seed=seed + 1, kl_tol=aim)
         rep["iterations"] += more["iterations"]
         diag["iterations"] = rep["iterations"]
         cov, facts, meta_curv = _covariance_at(old, fs, theta)
