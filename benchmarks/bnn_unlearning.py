@@ -196,8 +196,12 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
     for name in methods:
         mname, _, tag = name.partition("@")
         o = dict(method_options.get(name, {}))
+        # "seed_offset": run the method with seed + offset, e.g. a held-out retrain scored like a method
+        # ('{"retrain@holdout": {"seed_offset": 1000 * K}}', a seed no reference used): how often a retrain
+        # itself is within the floor
+        offset = int(o.pop("seed_offset", 0))
         try:  # "retrain-lm": the registered cold LM retrain (the original fit's Adam-only options dropped)
-            results[name] = unlearn(post, xf, yf, mname, seed=seed, **o)
+            results[name] = unlearn(post, xf, yf, mname, seed=seed + offset, **o)
         except Exception as e:  # noqa: BLE001 -- recorded, the benchmark goes on
             results[name] = e
     ens = {s: _mixture([r[s] for r in refs]) for s in SPLITS}

@@ -147,3 +147,25 @@ def test_unknown_scenario_and_a_single_reference_are_refused_before_any_fit():
     assert len(forget_indices(torch.zeros(200, 1), "random:0.05", 0)) == 10
     with pytest.raises(ValueError, match="at least 2 retrains"):
         run_seed(0, n=50, scenario="region", family="laplace", structure="full", methods=[], K=1, method_options={})
+
+
+def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
+    """'retrain@holdout' with {"seed_offset": 2000}: the same retrain as the references under a seed none of them
+    used, so its ρ is what a retrain itself scores against the floor (K = 2 references: seeds s and s + 1000)."""
+    import benchmarks.bnn_unlearning as bu
+    from bayes_unlearn import unlearning
+
+    seen = []
+    real = unlearning.unlearn
+
+    def spy(post, xf, yf, method, *, seed=0, **kw):
+        seen.append((method, seed))
+        return real(post, xf, yf, method, seed=seed, **kw)
+
+    monkeypatch.setattr(unlearning, "unlearn", spy)
+    doc = bu.run_seed(4, n=60, scenario="random:0.1", family="laplace", structure="diag",
+                      methods=["retrain@holdout"], K=2, method_options={"retrain@holdout": {"seed_offset": 2000}},
+                      fit_options={"optimizer": "adam-lbfgs", "num_steps": 50})
+    assert seen == [("retrain", 4), ("retrain", 1004), ("retrain", 2004)]
+    row = next(r for r in doc["rows"] if r["method"] == "retrain@holdout")
+    assert math.isfinite(row["forget/floor_ratio"]) and "within_floor" in row

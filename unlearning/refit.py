@@ -23,7 +23,10 @@ gradient), so this reached the same target 2.2× (1 % random) and 2.9× (region)
 at N = 10k (seed 1, one run), at a slightly lower loss. The result is the Laplace
 approximation at the new mode with the old posterior's curvature and structure (GGN full / diag /
 last-layer, or exact Hessian), i.e. what ``retrain`` computes at that mode. Stops when
-‖∇L_r‖ ≤ ``rtol`` · ‖g_f‖ (the size of the change asked for), or at ``max_iters`` / ``time_budget_s``;
+‖∇L_r‖ ≤ ``rtol`` · ‖g_f‖ (the size of the change asked for) and the Newton decrement estimated with the
+preconditioner's (undamped) GGN, ½ ∇L_rᵀ B⁻¹ ∇L_r, is ≤ ``kl_aim`` · ``kl_tol`` nats (ggn-lbfgs), or at
+``max_iters`` / ``time_budget_s``; the exact ½λ² = ½ ∇L_rᵀ Σ_u ∇L_r with the final covariance is then
+checked, with up to ``kl_rounds`` more rounds while it exceeds ``kl_tol``;
 an LM run that stops short of the target is continued by float64 L-BFGS (``lbfgs_steps``), because
 Gauss–Newton's convergence near a net's mode can be slow (it ignores the residual curvature).
 
