@@ -198,6 +198,7 @@ def test_ggn_rows_auto_subsamples_only_large_retained_sets():
 
     assert resolve_ggn_rows("auto", GGN_ROWS_AUTO_MIN_N, "ggn-lbfgs") is None
     assert resolve_ggn_rows("auto", GGN_ROWS_AUTO_MIN_N + 1, "ggn-lbfgs") == GGN_ROWS_AUTO == 2048
+    assert resolve_ggn_rows("auto", 6944, "ggn-lbfgs") == 2048  # the 10k region deletion's D_r
     assert resolve_ggn_rows("auto", 10**6, "lm") is None  # LM re-linearises exactly every iteration
     assert resolve_ggn_rows(None, 10**6, "ggn-lbfgs") is None and resolve_ggn_rows(512, 10, "ggn-lbfgs") == 512
 

@@ -77,7 +77,9 @@ ENGINES = ("ggn-lbfgs", "lm")
 
 
 GGN_ROWS_AUTO = 2048       # rows of the subsampled GGN under ggn_rows="auto" (calibration seed 0, N = 10k)
-GGN_ROWS_AUTO_MIN_N = 8192  # ... used when D_r has more rows than this
+# ... used when D_r has more than twice as many rows (at N_r ≈ 6950, 10k region, calibration seeds 0 and 1, it
+# took 5.8-7.1 s against 7.7-9.1 s with all rows, to the same mode: predictive KL ≤ 3e-8 nats on every split)
+GGN_ROWS_AUTO_MIN_N = 2 * GGN_ROWS_AUTO
 
 
 def resolve_ggn_rows(ggn_rows: int | str | None, n_retain: int, engine: str) -> int | None:
