@@ -172,6 +172,8 @@ def test_the_in_loop_decrement_stop_reaches_kl_tol_without_a_round(bnn):
     assert d["mode_kl_rounds"] == 0 and d["mode_kl"] <= tol, d
     assert d["newton_decrement"] <= 0.25 * tol
     assert d["mode_kl"] == pytest.approx(d["newton_decrement"], rel=0.5)  # same GGN at (nearly) the same point
+    with pytest.raises(ValueError, match="kl_aim must be > 0"):
+        unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_aim=0.0)
     with pytest.raises(ValueError, match="kl_tol must be > 0"):
         from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
         ggn_lbfgs(None, torch.zeros(2), kl_tol=-1.0)

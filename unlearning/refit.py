@@ -177,6 +177,8 @@ def lm_refit(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = F
     require_gaussian(old, "lm-refit", _WARM_CHAIN)
     if not kl_tol > 0:
         raise ValueError(f"kl_tol must be > 0 (nats), got {kl_tol!r}")
+    if kl_aim is not None and not kl_aim > 0:
+        raise ValueError(f"kl_aim must be > 0 (a fraction of kl_tol) or None, got {kl_aim!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     ggn_rows = resolve_ggn_rows(ggn_rows, len(fs.x_retain), engine)
