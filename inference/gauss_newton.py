@@ -418,7 +418,7 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
               history: int = 20, refresh: int = 10, mu: float = 1e-3, solver: str = "auto",
               time_budget_s: float | None = None, first_curvature: torch.Tensor | None = None,
               rtol: float = 0.0, ggn_rows: int | None = None, seed: int = 0,
-              kl_tol: float | None = None) -> tuple[torch.Tensor, dict]:
+              kl_tol: float | None = None, mu_slack: float = 10.0) -> tuple[torch.Tensor, dict]:
     """L-BFGS whose initial inverse Hessian is the damped inverse GGN, (B(θ_ref) + μ diag B)⁻¹, with B
     re-linearised every ``refresh`` iterations; backtracking (Armijo) line search from the unit step; μ
     shrinks (÷3) after a unit step and grows (×4) after a step cut below ¼ (Levenberg–Marquardt's rule,
@@ -445,6 +445,13 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     (subsampled curvature with the exact gradient, Byrd, Chin, Neveitt & Nocedal, SIAM J. Optim. 2011):
     B only preconditions the L-BFGS step, so the line search and the secant pairs, which use exact
     gradients, keep the iteration on L; a refresh then costs B/N of a full one. Primal path, N > ggn_rows.
+    ``mu_slack``: the damped factor is recomputed only when μ leaves [μ_f / ``mu_slack``, μ_f · ``mu_slack``]
+    around the μ_f it was factorised with (and at each re-linearisation); ``1`` refactorises at every change
+    of μ. H0 only has to be a good initial matrix: the line search and the secant pairs keep the iteration on
+    L whatever μ_f is within that band, and a Cholesky of the d × d matrix (14 ms at d = 1153) costs more than
+    a gradient at N = 10k. Region deletion at N = 10k, calibration seeds 0 and 1, one run each: ``lm-refit``'s
+    solver time 3.8 / 4.3 s → 2.8 / 2.7 s (66 → 21 and 83 → 21 factorisations; 89 → 82 and 102 → 82
+    iterations), to the same ½λ² tolerance (both ended at ½λ² ≤ 7e-5 nats).
     Memory: the primal path's d × d matrix (or the dual path's A and M × M factor), nothing O(N d) whole.
     """
     if kl_tol is not None and not kl_tol > 0:
@@ -454,6 +461,8 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     kind = choose_solver(solver, problem.rows(theta), len(theta))
     if kind == "cg":
         kind = "primal"
+    if not mu_slack >= 1.0:
+        raise ValueError(f"mu_slack must be >= 1 (1 refactorises at every change of the damping), got {mu_slack!r}")
     if ggn_rows is not None and not ggn_rows >= 1:
         raise ValueError(f"ggn_rows must be a positive number of rows (or None for all), got {ggn_rows!r}")
     subsample = ggn_rows is not None and kind == "primal" and ggn_rows < len(problem.x)
@@ -464,7 +473,8 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     H0 = None
     gn = [float(g.norm())]
     L0, target = L, max(gtol, rtol * gn[0])
-    stop, refreshes, value_evals, mus = "max_iters", 0, 1, []
+    stop, refreshes, value_evals, mus, factorisations = "max_iters", 0, 1, [], 0
+    mus_f = []  # (μ asked for, μ_f of the factor in use) per iteration
     decrement = None  # ½ gᵀ H0 g at the last check (kl_tol only)
     unit_taken = True
 
@@ -491,7 +501,10 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
                 rows = torch.randperm(len(problem.x), generator=gen)[:ggn_rows]
             H0 = _GGNInverse(problem, theta, kind, given, rows=rows)
             refreshes += given is None
-        H0.factor(mu)
+        if H0.mu is None or not H0.mu / mu_slack <= mu <= H0.mu * mu_slack:
+            H0.factor(mu)
+            factorisations += 1
+        mus_f.append((mu, H0.mu))
         if kl_tol is not None and small_enough():
             stop = "converged"
             break
@@ -553,5 +566,6 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
     return theta, {"iterations": len(gn) - 1, "stop": stop, "converged": stop == "converged", "grad_norm": gn[-1],
                    "grad_target": target, "loss_start": L0, "newton_decrement": decrement,
                    "grad_norms": gn, "loss": L, "ggn_refreshes": refreshes, "value_evals": value_evals,
+                   "factorisations": factorisations, "damping_used": mus_f,
                    "damping": mus, "solver": kind, "ggn_rows": ggn_rows if subsample else None,
                    "wall_time_s": time.perf_counter() - t0}

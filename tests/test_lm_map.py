@@ -161,6 +161,27 @@ def test_ggn_lbfgs_stops_on_the_estimated_decrement_only_below_kl_tol(small_bnn)
     assert 0.5 * float(g @ torch.linalg.solve(B, g)) < 1e-8
 
 
+def test_ggn_lbfgs_keeps_its_damped_factor_while_the_damping_stays_in_the_slack_band(small_bnn):
+    """``mu_slack``: a Cholesky only when μ leaves [μ_f / slack, μ_f · slack] of the factor in use, and the
+    iteration still reaches the gradient target; ``mu_slack=1`` factorises at every change of μ."""
+    from bayes_unlearn.inference.gauss_newton import ggn_lbfgs
+    from bayes_unlearn.inference.laplace import prior_draw
+
+    model, x, y = small_bnn
+    problem = NegLogJoint(BoundModel(model, x, y), x, y)
+    theta0, _ = levenberg_marquardt(problem, prior_draw(problem.bound, x, 0), max_iters=15, rtol=0.0, gtol=1e-6,
+                                    damping="marquardt")
+    runs = {s: ggn_lbfgs(problem, theta0, max_iters=300, gtol=1e-3, mu_slack=s)[1] for s in (1.0, 10.0)}
+    for s, rep in runs.items():
+        assert rep["converged"], (s, rep["grad_norm"])
+        assert all(used / s * (1 - 1e-12) <= asked <= used * s * (1 + 1e-12) for asked, used in rep["damping_used"])
+    assert all(asked == used for asked, used in runs[1.0]["damping_used"])
+    assert len({a for a, _ in runs[10.0]["damping_used"]}) > 3  # μ did move
+    assert runs[10.0]["factorisations"] < runs[1.0]["factorisations"]
+    with pytest.raises(ValueError, match="mu_slack"):
+        ggn_lbfgs(problem, theta0, mu_slack=0.5)
+
+
 def test_ggn_lbfgs_finishes_the_gauss_newton_tail_on_a_small_bnn(small_bnn):
     """Where LM's convergence is linear (the residual curvature it ignores), the same number of GGN-preconditioned
     L-BFGS iterations from the same point gets (much) closer to the mode."""
