@@ -155,17 +155,23 @@ def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
     import benchmarks.bnn_unlearning as bu
     from bayes_unlearn import unlearning
 
-    seen = []
+    seen, times = [], []
     real = unlearning.unlearn
 
     def spy(post, xf, yf, method, *, seed=0, **kw):
         seen.append((method, seed))
-        return real(post, xf, yf, method, seed=seed, **kw)
+        r = real(post, xf, yf, method, seed=seed, **kw)
+        times.append(r.wall_time_s)
+        return r
 
     monkeypatch.setattr(unlearning, "unlearn", spy)
     doc = bu.run_seed(4, n=60, scenario="random:0.1", family="laplace", structure="diag",
-                      methods=["retrain@holdout"], K=2, method_options={"retrain@holdout": {"seed_offset": 2000}},
+                      methods=["retrain@holdout", "retrain@lm"], K=2,
+                      method_options={"retrain@holdout": {"seed_offset": 2000}, "retrain@lm": {"optimizer": "lm"}},
                       fit_options={"optimizer": "adam-lbfgs", "num_steps": 50})
-    assert seen == [("retrain", 4), ("retrain", 1004), ("retrain", 2004)]
+    assert seen == [("retrain", 4), ("retrain", 1004), ("retrain", 2004), ("retrain", 4)]
     row = next(r for r in doc["rows"] if r["method"] == "retrain@holdout")
     assert math.isfinite(row["forget/floor_ratio"]) and "within_floor" in row
+    # the mean retrain time pools the default retrains (the references and the held-out one), not a variant
+    # with other options (the LM retrain of an Adam fit)
+    assert doc["reference_wall_times_s"] == times[:2] and doc["retrain_wall_times_s"] == times[:3]
