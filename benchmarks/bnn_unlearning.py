@@ -28,8 +28,8 @@ mixture is wider, which flatters the method; ``gap_closed_loo`` and ρ do not.)
 
 Speed-ups are against the timed ``retrain`` (the library default), against the mean time of every default
 retrain the seed ran (``speedup_vs_retrains_mean``: the K references and any held-out ``retrain@…``; one
-retrain's time varies by up to 2× with its seed, so this is the steadier figure), and ``retrain-lm`` (the same inference
-with ``optimizer="lm"`` from a cold start, the fastest retraining the library offers). When ``retrain-lm``
+retrain's time varies by up to 2× with its seed, so this is the steadier figure), and ``retrain-lm`` (the same
+inference with ``optimizer="lm"`` from a cold start, the fastest retraining the library offers). When ``retrain-lm``
 is not run and the default retrain itself resolved to LM (``optimizer="auto"`` at N ≥ 1024), the two are
 the same computation and "× retrain-lm" is "× retrain" (``retrain_lm_is_retrain`` in the JSON).
 

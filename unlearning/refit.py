@@ -128,7 +128,8 @@ def lm_mode(old: Posterior, fs: ForgetSet, *, max_iters: int, rtol: float, gtol:
     return theta, {"iterations": rep["iterations"], "stop": rep["stop"], "converged": rep["converged"],
                    "solver": rep["solver"], "grad_norm": rep["grad_norm"], "grad_norm_start": rep["grad_norms"][0],
                    "grad_target": rep["grad_target"], "jacobian_evals": rep["ggn_refreshes"],
-                   "value_evals": rep["value_evals"], "factorisations": rep["factorisations"], "gain_ratios": [], "losses": [rep["loss_start"], rep["loss"]],
+                   "value_evals": rep["value_evals"], "factorisations": rep["factorisations"], "gain_ratios": [],
+                   "losses": [rep["loss_start"], rep["loss"]],
                    "ggn_rows": rep["ggn_rows"], "newton_decrement": rep["newton_decrement"],
                    "wall_time_s": rep["wall_time_s"]}
 
