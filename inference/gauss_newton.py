@@ -393,11 +393,14 @@ class _GGNInverse:
             return u - Dinv * (self.A.T @ w)
         return torch.cholesky_solve(v[:, None], L)[:, 0]
 
-    def factor(self, mu: float) -> None:
-        if mu == self.mu:
-            return
+    def factor(self, mu: float, slack: float = 1.0) -> bool:
+        """Factorise B + μ diag B unless the factor in use was made with a μ_f such that μ ∈ [μ_f / ``slack``,
+        μ_f · ``slack``] (``slack=1``: only the same μ is reused). True when it factorised."""
+        if self.mu is not None and self.mu / slack <= mu <= self.mu * slack:
+            return False
         self.mu = mu
         self.L, self.Dinv = self._factorise(mu)
+        return True
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         return self._apply(v, self.L, self.Dinv)
@@ -501,9 +504,7 @@ def ggn_lbfgs(problem: NegLogJoint, theta0: torch.Tensor, *, max_iters: int = 50
                 rows = torch.randperm(len(problem.x), generator=gen)[:ggn_rows]
             H0 = _GGNInverse(problem, theta, kind, given, rows=rows)
             refreshes += given is None
-        if H0.mu is None or not H0.mu / mu_slack <= mu <= H0.mu * mu_slack:
-            H0.factor(mu)
-            factorisations += 1
+        factorisations += H0.factor(mu, mu_slack)
         mus_f.append((mu, H0.mu))
         if kl_tol is not None and small_enough():
             stop = "converged"
