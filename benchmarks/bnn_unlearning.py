@@ -80,6 +80,10 @@ def _kl_to(p, ref) -> dict[str, float]:
     return {"kl": _kl(p, ref.mean, ref.std)}
 
 
+def _kl_pred(p, ref) -> float:
+    return _kl(p, ref.mean, ref.std)
+
+
 class NoiseFloor:
     """The retrain ensemble's noise floor and a method's place against it, on the same footing
     (``analysis.ensemble``: :func:`leave_one_out_floor`, :func:`loo_distances`, :func:`floor_ratio`).
@@ -170,6 +174,7 @@ def run_seed(seed: int, *, n: int, scenario: str | list[str], family: str, struc
 
 def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods: list[str], K: int,
                   method_options: dict) -> dict:
+    from bayes_unlearn.analysis.ensemble import exchangeable_rank
     from bayes_unlearn.inference import predict
     from bayes_unlearn.models.forget_sets import split
     from bayes_unlearn.unlearning import unlearn
@@ -226,6 +231,12 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
         t_lm = results["retrain-lm"].wall_time_s if "retrain-lm" in results and not isinstance(results["retrain-lm"], Exception) else None
     # "retrain@adam" (with --method-options '{"retrain@adam": {"optimizer": "adam-lbfgs"}}'): the pre-LM default
     t_adam = results["retrain@adam"].wall_time_s if not isinstance(results.get("retrain@adam", 0), (int, Exception)) else None
+    pred_of = {n: refs[0] if n == "retrain" else preds(r.posterior) for n, r in results.items()
+               if not isinstance(r, Exception)}
+    # the exchangeability rank (analysis.ensemble.exchangeable_rank): each method among the references and the
+    # held-out retrains (a held-out retrain among the references and the other held-out ones)
+    held_out = [n for n in results if n in pred_of and n.startswith("retrain@")
+                and not method_options.get(n, {}).keys() - {"seed_offset"}]
     for name, r in [("none", None)] * ("none" not in results) + list(results.items()):
         if isinstance(r, Exception):
             rows.append({"method": name, "error": f"{type(r).__name__}: {r}"})
@@ -233,7 +244,7 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
         if r is None:  # "none" is measured even when not asked for: rho(none) says whether the deletion is visible
             p, row = p_none, {"method": "none", "measured_only": True}
         else:
-            p = refs[0] if name == "retrain" else preds(r.posterior)
+            p = pred_of[name]
             row = {"method": name, "wall_time_s": r.wall_time_s, "verdict": r.verdict.get("verdict"),
                    "grad_ratio": r.verdict.get("numbers", {}).get("grad_ratio"), "reasons": r.verdict.get("reasons"),
                    "speedup_vs_retrain": t_ret / r.wall_time_s if r.wall_time_s > 0 else None,
@@ -250,6 +261,9 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
                                               / _kl(p_none[s], rp[s].mean.double(), rp[s].std.double()) for rp in refs]
         if name != "retrain":  # the timed retrain is refs[0], a member of every other LOO ensemble
             row.update(floor.numbers(p))
+            pool = refs + [pred_of[h] for h in held_out if h != name]
+            row.update({f"{s}/rank": v for s, v in exchangeable_rank(p, pool, _kl_pred).items()})
+            row["rank_n"] = len(pool) + 1
         if r is None:  # θ* itself: is the original fit's mode worse on D_r than the retrains' modes?
             row["retained_loss_minus_retrains"] = loss_r(post) - sum(ref_losses) / K
             rows.append(row)
@@ -291,6 +305,15 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         cell["verdicts"] = {v: sum(1 for r in rows if r.get("verdict") == v) for v in ("ok", "uncertain", "failed")}
         if any("within_floor" in r for r in rows):  # seeds on which rho <= 1 on every split
             cell["within_floor"] = [sum(bool(r.get("within_floor")) for r in rows), len(rows)]
+        ranked = [r for r in rows if "forget/rank" in r]
+        if ranked:  # pooled over seeds: P(sum of ranks >= observed) if the method were one more retrain
+            from bayes_unlearn.analysis.ensemble import pooled_rank_test
+
+            cell["rank_seeds"] = len(ranked)
+            for s in SPLITS:
+                ranks, ns = [r[f"{s}/rank"] for r in ranked], [r["rank_n"] for r in ranked]
+                cell[f"{s}/rank_mean"] = [sum(ranks) / len(ranks), sum(n + 1 for n in ns) / (2 * len(ns))]
+                cell[f"{s}/rank_p"] = pooled_rank_test(ranks, ns)
         cell["min_gap"] = min((min(r[f"{s}/gap_closed"] for s in SPLITS) for r in rows
                                if "forget/gap_closed" in r), default=None)
         out.append(cell)
@@ -350,6 +373,18 @@ def markdown_table(doc: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cell(c, f"{s}/floor_ratio") for s in SPLITS) + " | "
                          + " | ".join(cell(c, f"{s}/gap_closed_loo") for s in SPLITS) + " | "
                          + (f"{w[0]}/{w[1]}" if w else "–") + " |")
+    if any(c.get("rank_seeds") for c in doc["summary"]):
+        lines += ["", "Exchangeability (``analysis.ensemble.exchangeable_rank``): each method's rank among itself, the "
+                  "references and the held-out retrains by distance to the mixture of the others (1 closest … n), "
+                  "mean over seeds against its mean if the method were one more retrain, and the pooled one-sided "
+                  "p-value (small: farther from the retrains than a retrain is):", "",
+                  "| method | seeds | mean rank D_f / D_r / test (null) | p D_f | p D_r | p test |", "|---|---|---|---|---|---|"]
+        for c in doc["summary"]:
+            if not c.get("rank_seeds"):
+                continue
+            means = " / ".join(f"{c[f'{s}/rank_mean'][0]:.2f}" for s in SPLITS)
+            lines.append(f"| {c['method']} | {c['rank_seeds']} | {means} ({c['forget/rank_mean'][1]:.2f}) | "
+                         + " | ".join(f"{c[f'{s}/rank_p']:.3g}" for s in SPLITS) + " |")
     vc = doc["verdict_counts"]
     lines.append("")
     lines.append(f"Seeds {doc['config']['seeds']}; {vc['results']} verdicts; \"ok\" with gap closed < 0.5 on a split: "

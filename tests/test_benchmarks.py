@@ -175,3 +175,13 @@ def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
     # the mean retrain time pools the default retrains (the references and the held-out one), not a variant
     # with other options (the LM retrain of an Adam fit)
     assert doc["reference_wall_times_s"] == times[:2] and doc["retrain_wall_times_s"] == times[:3]
+    # the exchangeability rank: the held-out retrain among the 2 references (n = 3); any other row ("none"
+    # here; retrain@lm is refused on this Adam fit and carries its error) among them and the held-out one (n = 4)
+    assert row["rank_n"] == 3 and all(1 <= row[f"{s}/rank"] <= 3 for s in bu.SPLITS)
+    other = next(r for r in doc["rows"] if r["method"] == "none")
+    assert other["rank_n"] == 4 and all(1 <= other[f"{s}/rank"] <= 4 for s in bu.SPLITS)
+    assert "rank_n" not in next(r for r in doc["rows"] if r["method"] == "retrain@lm")
+    cell = next(c for c in bu.summarise([doc]) if c["method"] == "retrain@holdout")
+    assert cell["rank_seeds"] == 1 and cell["forget/rank_mean"][1] == 2.0
+    assert cell["forget/rank_p"] == pytest.approx((4 - row["forget/rank"]) / 3 if row["forget/rank"] == int(
+        row["forget/rank"]) else (4 - math.floor(row["forget/rank"])) / 3)

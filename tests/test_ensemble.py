@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bayes_unlearn.analysis.config import load_config, merge, resolve
-from bayes_unlearn.analysis.ensemble import (MomentPrediction, floor_ratio, leave_one_out_floor, loo_distances, mixture,
-                                           within_floor)
+from bayes_unlearn.analysis.ensemble import (MomentPrediction, exchangeable_rank, floor_ratio, leave_one_out_floor,
+                                           loo_distances, mixture, pooled_rank_test, within_floor)
 
 
 def test_mixture_matches_the_moments_of_draws_from_the_mixture():
@@ -94,3 +94,51 @@ def test_single_retrain_reference_with_a_noise_floor(tmp_path):
     # with one retrain as the reference, that retrain is at distance 0 and the floor is a second retrain's distance
     assert by["retrain"]["metrics"]["test/predictive_kl"] == 0.0
     assert doc["noise_floor"]["test/predictive_kl"] > 0 and by["retrain"]["indistinguishable"]
+
+
+def _kl_1d(p, ref) -> float:
+    from bayes_unlearn.analysis.metrics import gaussian_kl_1d
+
+    return float(gaussian_kl_1d(p.mean, p.std, ref.mean, ref.std).mean())
+
+
+def _member(g: torch.Generator, shift: float = 0.0) -> dict:
+    """A 'retrain': a predictive on 20 inputs whose mean is a random draw (another mode), + shift."""
+    mean = torch.randn(20, generator=g, dtype=torch.float64) * 0.3 + shift
+    return {"forget": MomentPrediction(mean, torch.full((20,), 0.2, dtype=torch.float64))}
+
+
+def test_exchangeable_rank_is_uniform_for_one_more_retrain_and_last_for_an_outlier():
+    g = torch.Generator().manual_seed(0)
+    counts = [0] * 5
+    for _ in range(400):  # the method drawn like the four retrains: every rank 1..5 about equally often
+        retrains = [_member(g) for _ in range(4)]
+        counts[int(exchangeable_rank(_member(g), retrains, _kl_1d)["forget"]) - 1] += 1
+    assert min(counts) >= 55 and max(counts) <= 105, counts  # 80 expected each (binomial sd 8)
+    # a method off by a constant: farther from the others than every retrain, on every draw
+    for _ in range(20):
+        retrains = [_member(g) for _ in range(4)]
+        assert exchangeable_rank(_member(g, shift=1.0), retrains, _kl_1d)["forget"] == 5.0
+    # a method equal to one retrain ties with it: the two share the mean of their ranks
+    retrains = [_member(g) for _ in range(3)]
+    r = exchangeable_rank(retrains[0], retrains, _kl_1d)["forget"]
+    assert r != int(r)
+    with pytest.raises(ValueError, match="at least 2"):
+        exchangeable_rank(_member(g), [_member(g)], _kl_1d)
+
+
+def test_pooled_rank_test_is_the_exact_tail_of_a_sum_of_uniform_ranks():
+    assert pooled_rank_test([4], [4]) == pytest.approx(0.25)          # last of 4 on one seed
+    assert pooled_rank_test([2, 2], [2, 2]) == pytest.approx(0.25)    # last of 2, twice
+    assert pooled_rank_test([1, 1, 1], [5, 5, 5]) == pytest.approx(1.0)
+    assert pooled_rank_test([5] * 5, [5] * 5) == pytest.approx(0.2 ** 5)
+    # sum 9 of two ranks on 1..5: (4,5), (5,4), (5,5) of 25
+    assert pooled_rank_test([4, 5], [5, 5]) == pytest.approx(3 / 25)
+    # a tie's mean rank is rounded down: 4.5 of 5 reads as 4, p = 2/5 (not 1/5)
+    assert pooled_rank_test([4.5], [5]) == pytest.approx(0.4)
+    # mixed sizes: ranks 4 of 4 and 5 of 5 sum to 9, the largest possible: 1/20
+    assert pooled_rank_test([4, 5], [4, 5]) == pytest.approx(1 / 20)
+    with pytest.raises(ValueError, match="one rank and its n"):
+        pooled_rank_test([1, 2], [5])
+    with pytest.raises(ValueError, match="lies in 1"):
+        pooled_rank_test([6], [5])
