@@ -185,3 +185,31 @@ def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
     assert cell["rank_seeds"] == 1 and cell["forget/rank_mean"][1] == 2.0
     assert cell["forget/rank_p"] == pytest.approx((4 - row["forget/rank"]) / 3 if row["forget/rank"] == int(
         row["forget/rank"]) else (4 - math.floor(row["forget/rank"])) / 3)
+
+
+@pytest.mark.slow  # about 45 s idle: a fit, three retrains and five refits
+def test_warm_start_variants_score_like_methods_and_reuse_their_store(tmp_path):
+    """benchmarks.bnn_warm_starts on a tiny net: every variant is refitted and scored (ρ, L_r against the
+    references, Laplace log-evidence); the fit and the retrains are stored once and reused."""
+    from benchmarks import bnn_warm_starts as bw
+
+    args = ["--n", "80", "--seed", "1", "--scenario", "random:0.1", "--references", "2", "--max-iters", "40",
+            "--variants", "draw:0.1", "reset:10", "shrink:0.9", "prior:10", "--store", str(tmp_path / "store")]
+    doc = bw.main(args + ["--out", str(tmp_path / "a.json")])
+    names = [r["variant"] for r in doc["rows"]]
+    assert names == ["none", "retrain (reference 0)", "retrain (reference 1)", "retrain (held out)", "lm-refit",
+                     "draw:0.1", "reset:10", "shrink:0.9", "prior:10"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "fit_n80_s1.st", "ref_n80_s1_random0.1_0.st", "ref_n80_s1_random0.1_1.st", "ref_n80_s1_random0.1_2.st"]
+    for r in doc["rows"]:
+        assert all(math.isfinite(r[f"{s}/floor_ratio"]) for s in ("forget", "retain", "test")), r
+        assert math.isfinite(r["log_evidence"]), r
+    # a reference's own retained loss minus the references' mean: the two references' differences cancel
+    refs = [r["retained_loss_minus_retrains"] for r in doc["rows"] if r["variant"].startswith("retrain (reference")]
+    assert sum(refs) == pytest.approx(0.0, abs=1e-6)
+    assert doc["fit_time_s"] is not None
+    again = bw.main(args + ["--variants", "shrink:0.9", "--out", str(tmp_path / "b.json")])
+    assert again["fit_time_s"] is None  # loaded from the store, not refitted
+    assert again["rows"][4]["retained_loss_minus_retrains"] == pytest.approx(doc["rows"][4]["retained_loss_minus_retrains"])
+    with pytest.raises(SystemExit):
+        bw.main(args + ["--variants", "jitter:1", "--out", str(tmp_path / "c.json")])
