@@ -51,7 +51,7 @@ from ..inference.predict import Prediction
 from ..models.forget_sets import split
 from ..unlearning import unlearn
 
-from .ensemble import floor_ratio, leave_one_out_floor, loo_distances, mixture
+from .ensemble import exchangeable_rank, floor_ratio, leave_one_out_floor, loo_distances, mixture
 from .files import run_status, write_json_atomic, write_text_atomic
 from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
 from .metrics import gap_closed, gaussian_kl, gaussian_w2, nll, predictive_distances, rmse
@@ -221,6 +221,12 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
             m.update({f"weight_warm/{k}": v for k, v in _weight_metrics(res.posterior, warm_ref.posterior).items()})
         if floor:
             row["indistinguishable"] = all(m.get(f"{s}/within_noise_floor") == 1.0 for s in SPLITS)
+        if len(retrain_preds) >= 2 and row["method"] != "retrain":  # the reference's first member is "retrain"
+            # the method's rank among itself and the K retrains (analysis.ensemble.exchangeable_rank): uniform on
+            # 1 … K + 1 if it were one more retrain; `bayes-unlearn sweep` pools it over seeds into a p-value
+            ranks = exchangeable_rank({sp: pred[sp] for sp in SPLITS}, retrain_preds, _kl_only)
+            m.update({f"{sp}/rank": v for sp, v in ranks.items()})
+            m["rank_n"] = len(retrain_preds) + 1
 
     if floor:
         for sp in inputs:
@@ -249,6 +255,11 @@ def _finish(doc: dict, out: Path, cfg: dict, an: dict, runs: dict, results: list
     figures = _figures(out / "figures", cfg, data, post, runs, doc, xr, yr, xf, yf) if an["figures"] else {}
     write_report(doc, out / "report.md", figures)
     return doc
+
+
+def _kl_only(p, ref) -> float:
+    """The predictive KL of :func:`analysis.metrics.predictive_distances` (the distance ρ uses)."""
+    return predictive_distances(p, ref)["predictive_kl"]
 
 
 def _reference_ensemble(cfg: dict, post: Posterior, xf, yf, runs: dict, predictions, opts: dict,

@@ -29,7 +29,10 @@ Summary (:func:`summarise`, from the folder alone): per scenario, method and met
 ``wall_time_s``, the verdict fractions ``verdict_ok|uncertain|failed`` and, with a retrain ensemble, the
 fraction ``indistinguishable`` (within its noise floor on every split)) the mean, the median and a
 95 % percentile-bootstrap interval of the mean over seeds (:func:`analysis.stats.bootstrap_ci`, seeded),
-over the seeds where the value is finite (``n``). Written as ``summary.json``, ``summary.csv``,
+over the seeds where the value is finite (``n``). With a retrain ensemble, ``<split>/rank_p`` pools each
+method's exchangeability ranks (``<split>/rank`` of 1 … K + 1 in metrics.json) over the seeds into the exact
+one-sided p-value of their sum (``analysis.ensemble.pooled_rank_test``): the calibrated "told apart from
+retraining", where ρ ≤ 1 on one seed has no stated error rate. Written as ``summary.json``, ``summary.csv``,
 ``report.md`` and ``figures/<scenario>_gap_closed.png``.
 """
 
@@ -439,6 +442,7 @@ def summarise(out: str | Path) -> dict:
             for key in metrics:
                 values = [per[s][k][m].get(key) for k in seeds if k in per[s] and m in per[s][k]]
                 cells.append(_cell(s, m, key, values))
+            cells += _rank_cells(s, m, [per[s][k][m] for k in seeds if k in per[s] and m in per[s][k]])
     if engine is None:
         engine = engines.pop() if len(engines) == 1 else None
     summary = {"engine": engine, "seeds": seeds, "scenarios": scenarios,
@@ -453,6 +457,23 @@ def summarise(out: str | Path) -> dict:
             figures[s] = f"figures/{path.name}"
     write_text_atomic(out / "report.md", _report(summary, verdicts, figures))
     return summary
+
+
+def _rank_cells(scenario: str, method: str, rows: list[dict]) -> list[dict]:
+    """``<split>/rank_p``: the pooled one-sided p-value of the method's exchangeability ranks over the seeds that
+    have one (``analysis.ensemble.pooled_rank_test``; small: farther from the retrains than a retrain is, more
+    often than chance allows). ``mean`` and ``median`` hold p; there is no interval."""
+    from .ensemble import pooled_rank_test
+
+    out = []
+    for sp in SPLITS:
+        pairs = [(r[f"{sp}/rank"], r["rank_n"]) for r in rows
+                 if isinstance(r.get(f"{sp}/rank"), (int, float)) and isinstance(r.get("rank_n"), (int, float))]
+        if pairs:
+            p = pooled_rank_test([a for a, _ in pairs], [int(b) for _, b in pairs])
+            out.append({"scenario": scenario, "method": method, "metric": f"{sp}/rank_p", "mean": p, "median": p,
+                        "ci_low": None, "ci_high": None, "n": len(pairs)})
+    return out
 
 
 def _cell(scenario: str, method: str, metric: str, values: list) -> dict:
@@ -512,6 +533,16 @@ def _report(summary: dict, verdicts: dict, figures: dict[str, str]) -> str:
             lines.append(f"| {m} | {gaps} | {speed} | {vc.get('ok', 0)}/{vc.get('uncertain', 0)}/"
                          f"{vc.get('failed', 0)} | {n} |")
         lines.append("")
+        ranked = [m for m in methods if index.get((s, m, "forget/rank_p"))]
+        if ranked:
+            lines += ["Told apart from retraining? The pooled rank test (`<split>/rank_p`): each seed ranks the method "
+                      "among itself and the K retrains by distance to the mixture of the others; if it were one "
+                      "more retrain the rank would be uniform. p = P(sum of ranks ≥ observed) over the seeds; "
+                      "p < 0.05 on a split: farther from the retrains than a retrain is (p D_f / D_r / test):", ""]
+            lines += [f"- `{m}`: " + " / ".join(f"{index[(s, m, f'{sp}/rank_p')]['mean']:.3g}"
+                                                 if index.get((s, m, f"{sp}/rank_p")) else "–" for sp in SPLITS)
+                      + f" ({index[(s, m, 'forget/rank_p')]['n']} seeds)" for m in ranked]
+            lines.append("")
         floor = index.get((s, NOISE_FLOOR, "test/gap_closed"))
         if floor and floor.get("mean") is not None and floor["mean"] < 0.5:
             lines += [f"**Not readable**: a retrain closes only {floor['mean']:.2f} of the test gap to the mixture of "

@@ -150,6 +150,13 @@ def test_quick_run_metrics_schema_and_the_references(quick_run):
         assert by["none"]["metrics"][f"{s}/predictive_kl"] > 10 * nf[f"{s}/predictive_kl_max"], s
         assert by["none"]["metrics"][f"{s}/within_noise_floor"] == 0.0
     assert by["retrain"]["indistinguishable"] and not by["none"]["indistinguishable"]
+    # the exchangeability rank among the method and the K = 2 retrains (1 … 3); "retrain" is a member, not ranked.
+    # Doing nothing after deleting a region is farther from each retrain's mixture of the others than they are.
+    assert "forget/rank" not in by["retrain"]["metrics"]
+    for r in doc["results"]:
+        if r["method"] != "retrain":
+            assert r["metrics"]["rank_n"] == 3 and all(1 <= r["metrics"][f"{s}/rank"] <= 3 for s in SPLITS)
+    assert all(by["none"]["metrics"][f"{s}/rank"] == 3 for s in SPLITS)
     # a method that did not forget is not indistinguishable: the down-date on a region fails (verdict + band)
     assert not by["laplace-downdate"]["indistinguishable"]
     # the removed region: retraining without it leaves a wider predictive there than the full posterior

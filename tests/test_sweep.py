@@ -13,7 +13,7 @@ import pytest
 from bayes_unlearn.analysis.cli import main
 from bayes_unlearn.analysis.config import ConfigError
 from bayes_unlearn.analysis.stats import bootstrap_ci
-from bayes_unlearn.analysis.sweep import SweepError, plan_sweep, run_sweep, summarise
+from bayes_unlearn.analysis.sweep import SPLITS, SweepError, plan_sweep, run_sweep, summarise
 
 # tiny tasks: the conjugate linear model on 60 points, two references and one method, no extras (≈ 2 s each)
 BASE = """
@@ -281,3 +281,25 @@ def test_report_flags_a_scenario_whose_noise_floor_swamps_the_deletion():
     low = _report({**base, "cells": cells + [cell(NOISE_FLOOR, "test/gap_closed", 0.05)]}, {}, {})
     high = _report({**base, "cells": cells + [cell(NOISE_FLOOR, "test/gap_closed", 0.99)]}, {}, {})
     assert "Not readable" in low and "Not readable" not in high
+
+
+def test_sweep_pools_the_exchangeability_ranks_into_a_p_value_per_split():
+    """<split>/rank of every seed (1 … K + 1) becomes one cell <split>/rank_p, the exact tail of their sum, and
+    the report says which methods are told apart from retraining."""
+    from bayes_unlearn.analysis.sweep import _rank_cells, _report
+
+    last = {f"{s}/rank": 3.0 for s in SPLITS} | {"rank_n": 3}
+    middle = {f"{s}/rank": 2.0 for s in SPLITS} | {"rank_n": 3}
+    cells = _rank_cells("region", "none", [last] * 5)
+    assert [c["metric"] for c in cells] == [f"{s}/rank_p" for s in SPLITS]
+    assert cells[0]["mean"] == pytest.approx(3.0 ** -5) and cells[0]["n"] == 5
+    assert _rank_cells("region", "m", [middle] * 4)[0]["mean"] > 0.5
+    # seeds without a rank (no ensemble) are left out; no rank at all: no cell
+    assert _rank_cells("region", "m", [middle, {"rank_n": 3}])[0]["n"] == 1
+    assert _rank_cells("region", "m", [{"test/gap_closed": 0.9}]) == []
+    base = {"engine": "serial", "seeds": [0], "scenarios": ["region"],
+            "tasks": {"complete": 5, "failed": [], "pending": []}}
+    report = _report({**base, "cells": cells + [{"scenario": "region", "method": "none", "metric": "test/gap_closed",
+                                                  "mean": 0.0, "median": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 5}]},
+                     {}, {})
+    assert "pooled rank test" in report and "`none`: 0.00412 / 0.00412 / 0.00412 (5 seeds)" in report
