@@ -26,6 +26,13 @@ with one another as much as the deletion moves the posterior, and every method i
 floor. (The plain ``gap_closed`` compares a method with all K retrains but the floor with K−1: a K-member
 mixture is wider, which flatters the method; ``gap_closed_loo`` and ρ do not.)
 
+ρ ≤ 1 on one seed has no error rate (a held-out retrain fails it on 2–3 seeds in 10). The calibrated
+comparison is the exchangeability rank (``analysis.ensemble.exchangeable_rank``): each row is ranked among itself,
+the K references and the held-out retrains (``retrain@…`` run with only ``seed_offset``; a held-out retrain among
+the references and the other held-out ones) by each member's KL to the mixture of the others, ``{split}/rank`` of
+``rank_n`` (1 closest). A row that were one more retrain would rank uniformly; the summary pools the ranks over
+seeds into the exact one-sided p-value of their sum (``{split}/rank_p``, ``pooled_rank_test``).
+
 Speed-ups are against the timed ``retrain`` (the library default), against the mean time of every default
 retrain the seed ran (``speedup_vs_retrains_mean``: the K references and any held-out ``retrain@…``; one
 retrain's time varies by up to 2× with its seed, so this is the steadier figure), and ``retrain-lm`` (the same
