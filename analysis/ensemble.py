@@ -23,7 +23,7 @@ is visible at all: ρ(none) ≈ 1 means that retrains disagree with one another 
 moves the posterior, and gap closed is then not readable.
 
 ρ ≤ 1 is a per-seed rule with no stated error rate: a retrain held out of the ensemble and scored like a
-method fails it on about 1 seed in 4 (benchmarks/README.md). The calibrated alternative is a rank test
+method fails it on 2–3 seeds in 10 (benchmarks/README.md). The calibrated alternative is a rank test
 of exchangeability. Put the method among the n − 1 retrains (the references and any held-out ones) and
 give every one of the n members its distance to the mixture of the other n − 1,
 
