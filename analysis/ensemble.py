@@ -50,7 +50,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 __all__ = ["MomentPrediction", "mixture", "leave_one_out_floor", "loo_distances", "floor_ratio", "within_floor",
-           "exchangeable_rank", "pooled_rank_test"]
+           "exchangeable_rank", "pooled_rank_test", "pool_ranks"]
 
 
 @dataclass(frozen=True)
@@ -169,3 +169,18 @@ def pooled_rank_test(ranks: Sequence[float], sizes: Sequence[int]) -> float:
         dist = new
     observed = math.floor(sum(ranks)) - len(sizes)  # the index of Σ r rounded down
     return float(min(1.0, sum(dist[max(0, observed):])))
+
+
+def pool_ranks(rows: Sequence[Mapping[str, object]], splits: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per split, the seeds' ranks pooled: ``{"p", "mean", "null_mean", "seeds"}`` from the rows (one per seed) that
+    hold a numeric ``{split}/rank`` and ``rank_n`` (:func:`exchangeable_rank`); splits with none are left out.
+    ``p`` is :func:`pooled_rank_test`, ``null_mean`` the mean rank if the method were one more retrain."""
+    out: dict[str, dict[str, float]] = {}
+    for sp in splits:
+        pairs = [(float(r[f"{sp}/rank"]), int(r["rank_n"])) for r in rows
+                 if isinstance(r.get(f"{sp}/rank"), (int, float)) and isinstance(r.get("rank_n"), (int, float))]
+        if pairs:
+            ranks, ns = [a for a, _ in pairs], [b for _, b in pairs]
+            out[sp] = {"p": pooled_rank_test(ranks, ns), "mean": sum(ranks) / len(ranks),
+                       "null_mean": sum(n + 1 for n in ns) / (2 * len(ns)), "seeds": len(pairs)}
+    return out

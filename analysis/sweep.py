@@ -463,17 +463,10 @@ def _rank_cells(scenario: str, method: str, rows: list[dict]) -> list[dict]:
     """``<split>/rank_p``: the pooled one-sided p-value of the method's exchangeability ranks over the seeds that
     have one (``analysis.ensemble.pooled_rank_test``; small: farther from the retrains than a retrain is, more
     often than chance allows). ``mean`` and ``median`` hold p; there is no interval."""
-    from .ensemble import pooled_rank_test
+    from .ensemble import pool_ranks
 
-    out = []
-    for sp in SPLITS:
-        pairs = [(r[f"{sp}/rank"], r["rank_n"]) for r in rows
-                 if isinstance(r.get(f"{sp}/rank"), (int, float)) and isinstance(r.get("rank_n"), (int, float))]
-        if pairs:
-            p = pooled_rank_test([a for a, _ in pairs], [int(b) for _, b in pairs])
-            out.append({"scenario": scenario, "method": method, "metric": f"{sp}/rank_p", "mean": p, "median": p,
-                        "ci_low": None, "ci_high": None, "n": len(pairs)})
-    return out
+    return [{"scenario": scenario, "method": method, "metric": f"{sp}/rank_p", "mean": v["p"], "median": v["p"],
+             "ci_low": None, "ci_high": None, "n": v["seeds"]} for sp, v in pool_ranks(rows, SPLITS).items()]
 
 
 def _cell(scenario: str, method: str, metric: str, values: list) -> dict:

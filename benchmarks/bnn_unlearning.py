@@ -83,12 +83,12 @@ def _kl(p, mean, std) -> float:
     return float(gaussian_kl_1d(p.mean.double(), p.std.double(), mean, std).mean())
 
 
-def _kl_to(p, ref) -> dict[str, float]:
-    return {"kl": _kl(p, ref.mean, ref.std)}
-
-
 def _kl_pred(p, ref) -> float:
     return _kl(p, ref.mean, ref.std)
+
+
+def _kl_to(p, ref) -> dict[str, float]:
+    return {"kl": _kl_pred(p, ref)}
 
 
 class NoiseFloor:
@@ -153,18 +153,24 @@ def forget_indices(x: torch.Tensor, scenario: str, seed: int) -> torch.Tensor:
     return torch.randperm(len(x), generator=g)[:max(1, int(round(frac * len(x))))]
 
 
+def default_bnn():
+    """The benchmarks' net: the default 1-32-32-1 tanh BNN (fan-in prior, noise 0.1)."""
+    from bayes_unlearn.models import BayesianMLP
+
+    return BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
+
+
 def run_seed(seed: int, *, n: int, scenario: str | list[str], family: str, structure: str, methods: list[str],
              K: int, method_options: dict, fit_options: dict | None = None) -> dict | list[dict]:
     """One seed: fit once, then for each scenario the K retrains, the methods and the distances.
     Returns one document per scenario (a list when ``scenario`` is a list)."""
     from bayes_unlearn.inference import fit
-    from bayes_unlearn.models import BayesianMLP
     from bayes_unlearn.models.data import synthetic_1d
 
     if K < 2:
         raise ValueError(f"references={K}: the noise floor needs at least 2 retrains")
     data = synthetic_1d(n=n, seed=seed)
-    model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
+    model = default_bnn()
     opts = {"curvature": "ggn", "structure": structure} if family == "laplace" else {}
     opts.update(fit_options or {})
     state_before = machine_state()
@@ -227,8 +233,10 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
     t_ret = results["retrain"].wall_time_s
     # every timed retrain of this seed (the K references and any "retrain@…" variant, e.g. a held-out one, that
     # ran the default retrain): one retrain's time varies by up to 2x with its seed, their mean much less
-    t_rets = ref_times + [r.wall_time_s for n, r in results.items() if n.startswith("retrain@")
-                          and not isinstance(r, Exception) and not method_options.get(n, {}).keys() - {"seed_offset"}]
+    # held-out retrains: "retrain@…" with no option but seed_offset (the default retrain under another seed)
+    held_out = [n for n, r in results.items() if n.startswith("retrain@") and not isinstance(r, Exception)
+                and not method_options.get(n, {}).keys() - {"seed_offset"}]
+    t_rets = ref_times + [results[n].wall_time_s for n in held_out]
     t_mean = sum(t_rets) / len(t_rets)
     retrain_opt = (results["retrain"].posterior.meta.get("report") or {}).get("optimizer")
     lm_is_retrain = "retrain-lm" not in results and retrain_opt == "lm"
@@ -242,8 +250,6 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
                if not isinstance(r, Exception)}
     # the exchangeability rank (analysis.ensemble.exchangeable_rank): each method among the references and the
     # held-out retrains (a held-out retrain among the references and the other held-out ones)
-    held_out = [n for n in results if n in pred_of and n.startswith("retrain@")
-                and not method_options.get(n, {}).keys() - {"seed_offset"}]
     for name, r in [("none", None)] * ("none" not in results) + list(results.items()):
         if isinstance(r, Exception):
             rows.append({"method": name, "error": f"{type(r).__name__}: {r}"})
@@ -297,6 +303,8 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
+    from bayes_unlearn.analysis.ensemble import pool_ranks
+
     names = list(dict.fromkeys(r["method"] for s in per_seed for r in s["rows"]))
     out = []
     for name in names:
@@ -312,15 +320,12 @@ def summarise(per_seed: list[dict]) -> list[dict]:
         cell["verdicts"] = {v: sum(1 for r in rows if r.get("verdict") == v) for v in ("ok", "uncertain", "failed")}
         if any("within_floor" in r for r in rows):  # seeds on which rho <= 1 on every split
             cell["within_floor"] = [sum(bool(r.get("within_floor")) for r in rows), len(rows)]
-        ranked = [r for r in rows if "forget/rank" in r]
-        if ranked:  # pooled over seeds: P(sum of ranks >= observed) if the method were one more retrain
-            from bayes_unlearn.analysis.ensemble import pooled_rank_test
-
-            cell["rank_seeds"] = len(ranked)
-            for s in SPLITS:
-                ranks, ns = [r[f"{s}/rank"] for r in ranked], [r["rank_n"] for r in ranked]
-                cell[f"{s}/rank_mean"] = [sum(ranks) / len(ranks), sum(n + 1 for n in ns) / (2 * len(ns))]
-                cell[f"{s}/rank_p"] = pooled_rank_test(ranks, ns)
+        pooled = pool_ranks(rows, SPLITS)  # over seeds: P(sum of ranks >= observed) if one more retrain
+        if pooled:
+            cell["rank_seeds"] = max(v["seeds"] for v in pooled.values())
+            for s, v in pooled.items():
+                cell[f"{s}/rank_mean"] = [v["mean"], v["null_mean"]]
+                cell[f"{s}/rank_p"] = v["p"]
         cell["min_gap"] = min((min(r[f"{s}/gap_closed"] for s in SPLITS) for r in rows
                                if "forget/gap_closed" in r), default=None)
         out.append(cell)

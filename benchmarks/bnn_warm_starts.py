@@ -58,8 +58,8 @@ def _stored(path: Path, make, model=None):
     return post, took
 
 
-def log_evidence(post, problem) -> float:
-    """log Z ≈ −L_r(μ) − ½ log det Λ + (d/2) log 2π of a Gaussian (Laplace) posterior on the retained data."""
+def log_evidence(post, loss: float) -> float:
+    """log Z ≈ −L_r(μ) − ½ log det Λ + (d/2) log 2π of a Gaussian (Laplace) posterior, ``loss`` = L_r(μ)."""
     prec = post.cov.precision_form().to(torch.float64)
     if prec.dim() == 1:
         prec = torch.diag(prec)
@@ -67,7 +67,7 @@ def log_evidence(post, problem) -> float:
     if sign <= 0:
         return float("nan")
     d = prec.shape[0]
-    return -problem.value(post.loc.to(torch.float64)) - 0.5 * float(logdet) + 0.5 * d * math.log(2 * math.pi)
+    return -loss - 0.5 * float(logdet) + 0.5 * d * math.log(2 * math.pi)
 
 
 def start_of(variant: str, theta: torch.Tensor, chol: torch.Tensor, G_f: torch.Tensor, seed: int,
@@ -104,7 +104,6 @@ def run(seed: int, n: int, scenario: str, K: int, variants: list[str], store: Pa
     from bayes_unlearn.inference.gauss_newton import LM_DEFAULTS, NegLogJoint
     from bayes_unlearn.inference.latent import BoundModel
     from bayes_unlearn.inference.posterior import Posterior
-    from bayes_unlearn.models import BayesianMLP
     from bayes_unlearn.models.data import synthetic_1d
     from bayes_unlearn.models.forget_sets import split
     from bayes_unlearn.unlearning import unlearn
@@ -112,11 +111,11 @@ def run(seed: int, n: int, scenario: str, K: int, variants: list[str], store: Pa
     from bayes_unlearn.unlearning.laplace import forget_curvature
     from bayes_unlearn.unlearning.refit import _covariance_at, lm_mode, resolve_ggn_rows
 
-    from benchmarks.bnn_unlearning import SPLITS, NoiseFloor, forget_indices
+    from benchmarks.bnn_unlearning import SPLITS, NoiseFloor, default_bnn, forget_indices
 
     store.mkdir(parents=True, exist_ok=True)
     data = synthetic_1d(n=n, seed=seed)
-    model = BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
+    model = default_bnn()
     old, fit_s = _stored(store / f"fit_n{n}_s{seed}.st", lambda: fit(
         model, data.x, data.y, method="laplace", seed=seed, progress=False, curvature="ggn", structure="full"))
     idx = forget_indices(data.x, scenario, seed)
@@ -140,10 +139,10 @@ def run(seed: int, n: int, scenario: str, K: int, variants: list[str], store: Pa
 
     def score(name: str, post, seconds: float | None, extra: dict) -> dict:
         num = floor.numbers(preds(post))
+        loss = problem.value(post.loc.to(torch.float64))
         return {"variant": name, "wall_time_s": seconds, **extra,
                 **{f"{s}/floor_ratio": num[f"{s}/floor_ratio"] for s in SPLITS}, "within_floor": num["within_floor"],
-                "retained_loss_minus_retrains": problem.value(post.loc.to(torch.float64)) - L_ref,
-                "log_evidence": log_evidence(post, problem)}
+                "retained_loss_minus_retrains": loss - L_ref, "log_evidence": log_evidence(post, loss)}
 
     rows = [score("none", old, None, {})]
     rows += [score(f"retrain (reference {k})", refs[k], ref_s[k], {}) for k in range(K)]
