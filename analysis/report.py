@@ -291,5 +291,9 @@ def _verdict_section(rows: list[dict]) -> list[str]:
             L.append(f"| {i} | {p.get('method', '?')} | {p.get('verdict') or '–'} | "
                      f"{_f(t if isinstance(t, (int, float)) else None, '.2f')} | "
                      f"{_f(vt if isinstance(vt, (int, float)) else None, '.2f')} | {reasons} |")
+        skipped = (r.get("diagnostics") or {}).get("skipped")
+        if isinstance(skipped, dict) and skipped.get("methods"):
+            L += ["", f"Not tried: {', '.join(f'`{m}`' for m in skipped['methods'])}, because "
+                  f"{_md(skipped.get('reason', '?'))}."]
     return L
 

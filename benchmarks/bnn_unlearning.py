@@ -283,8 +283,9 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
             continue
         # the retained objective at the result's mean, against the retrains' modes (> 0: a worse mode of D_r)
         row["retained_loss_minus_retrains"] = loss_r(r.posterior) - sum(ref_losses) / K
-        if r.verdict.get("numbers", {}).get("mode_kl") is not None:
-            row["mode_kl"] = r.verdict["numbers"]["mode_kl"]
+        for key in ("mode_kl", "forget_share"):  # the verdict's distance to the mode; its emptied-region share κ
+            if r.verdict.get("numbers", {}).get(key) is not None:
+                row[key] = r.verdict["numbers"][key]
         if "iterations" in r.diagnostics:
             row["iterations"] = r.diagnostics["iterations"]
         rep = getattr(r.posterior, "meta", {}).get("report") or {}

@@ -216,6 +216,12 @@ def test_report_and_csv_show_verdicts_of_failed_and_auto_rows(tmp_path):
     assert "| auto (→ lm-refit) | ok |" in report
     assert "| 1 | laplace-downdate | uncertain |" in report and "| 2 | lm-refit | ok |" in report
     assert "r = 0.1 \\| above 0.02" in report  # a pipe in a reason does not break the table
+    assert "Not tried" not in report
+    doc["results"][2]["diagnostics"] = {"chosen": "retrain", "path": [{"method": "retrain", "verdict": "ok"}],
+                                        "skipped": {"methods": ["laplace-downdate", "lm-refit"],
+                                                    "reason": "the forget set supplied 99.9% | of it"}}
+    again = write_report(doc, tmp_path / "again.md").read_text()
+    assert "Not tried: `laplace-downdate`, `lm-refit`, because the forget set supplied 99.9% \\| of it." in again
     with open(write_csv(doc, tmp_path / "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["verdict"], r["failed"]) for r in rows] == [

@@ -135,13 +135,55 @@ def _gaps(bnn, q) -> dict[str, float]:
     return out
 
 
+def _only_the_share(verdict: dict) -> bool:
+    """The verdict's one reason is the emptied-region rule: every optimality check on D_r passed."""
+    n = verdict["numbers"]
+    return (verdict["verdict"] == "uncertain" and len(verdict["reasons"]) == 1
+            and verdict["reasons"][0].startswith("the forget set supplied")
+            and n["grad_ratio"] <= VERDICT_RULES["ok_ratio"] and n["mode_kl"] <= VERDICT_RULES["mode_kl_ok"])
+
+
 def test_lm_refit_closes_the_gap_on_the_quick_bnn_region(bnn):
     res = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit")
     gaps = _gaps(bnn, res.posterior)
     assert min(gaps.values()) >= 0.8, gaps
     assert res.posterior.structure == "precision" and res.posterior.family == "laplace"
-    assert res.verdict["verdict"] == "ok", res.verdict
-    assert bnn["ref"].verdict["verdict"] == "ok"
+    # at a mode of L_r, but started from θ* with a region emptied: "uncertain" for that reason alone
+    assert _only_the_share(res.verdict), res.verdict
+    assert res.verdict["numbers"]["forget_share"] > 0.99
+    assert bnn["ref"].verdict["verdict"] == "ok" and "forget_share" not in bnn["ref"].verdict["numbers"]
+
+
+def test_the_share_check_flags_an_emptied_region_and_not_a_random_deletion(bnn):
+    """κ = max_v vᵀG_f v / vᵀΛ v: near 1 when D_f alone determined a direction (the region), small for three
+    random rows; a model linear in θ (BLR) is exempt, and the cold retrains are never flagged."""
+    from bayes_unlearn.unlearning.verdict import forget_share
+
+    region = forget_share(bnn["post"], bnn["xf"], bnn["yf"])
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randperm(len(bnn["data"].x), generator=g)[:3]
+    xr, yr, xf, yf = split(bnn["data"].x, bnn["data"].y, rows)
+    scattered = forget_share(bnn["post"], xf, yf)
+    assert region["forget_share"] > 0.99 and region["forget_share_lambda"] > 100
+    assert scattered["forget_share"] < 0.5 and scattered["forget_share_rows"] == 3
+    res = unlearn(bnn["post"], xf, yf, "lm-refit")
+    assert res.verdict["verdict"] == "ok", res.verdict   # nothing emptied: the optimality checks decide
+    assert abs(res.verdict["numbers"]["forget_share"] - scattered["forget_share"]) < 1e-12
+    # a subsample of D_f's rows (share_rows) estimates the same κ for the region, upward-biased at worst
+    sub = forget_share(bnn["post"], bnn["xf"], bnn["yf"], rules={"share_rows": 10})
+    assert sub["forget_share_rows"] == 10 and sub["forget_share"] >= 0.5
+    # a diagonal posterior: one ratio per coordinate, G_f[p, p] / Λ[p, p]
+    d = bnn["data"]
+    diag = fit(bnn["post"].model, d.x, d.y, "laplace", curvature="ggn", structure="diag", seed=0, progress=False)
+    assert forget_share(diag, bnn["xf"], bnn["yf"])["forget_share"] > 0.5
+
+
+def test_the_share_check_exempts_a_model_linear_in_theta(blr_problem):
+    from bayes_unlearn.unlearning.verdict import forget_share
+
+    b = blr_problem
+    assert "linear" in forget_share(b["post"], b["xf"], b["yf"])["forget_share_skipped"]
+    assert unlearn(b["post"], b["xf"], b["yf"], "laplace-downdate").verdict["verdict"] == "ok"
 
 
 def test_lm_refit_continues_until_its_mean_is_near_the_mode_in_nats(bnn):
@@ -185,7 +227,7 @@ def test_a_subsampled_ggn_reaches_the_same_mode(bnn):
     full = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=1e-6, solver="primal")
     sub = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", kl_tol=1e-6, solver="primal", ggn_rows=24)
     assert full.diagnostics["ggn_rows"] is None and sub.diagnostics["ggn_rows"] == 24  # the subsample was used
-    assert len(bnn["xr"]) > 24 and sub.verdict["verdict"] == "ok", sub.verdict
+    assert len(bnn["xr"]) > 24 and _only_the_share(sub.verdict), sub.verdict
     assert float((sub.posterior.loc - full.posterior.loc).norm()) < 1e-2 * float(full.posterior.loc.norm())
     with pytest.raises(ValueError, match="needs engine='ggn-lbfgs'"):
         unlearn(bnn["post"], bnn["xf"], bnn["yf"], "lm-refit", engine="lm", ggn_rows=24)
@@ -222,13 +264,19 @@ def test_verdict_is_not_ok_for_a_runaway_eubo(bnn):
         assert res.verdict["verdict"] != "ok", (method, res.verdict)
 
 
-def test_auto_escalates_on_the_region(bnn):
+def test_auto_retrains_at_once_on_an_emptied_region(bnn):
     res = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "auto")
-    path = [p["method"] for p in res.diagnostics["path"]]
-    assert path[0] == "laplace-downdate" and res.diagnostics["path"][0]["verdict"] != "ok"
-    assert res.diagnostics["chosen"] in ("lm-refit", "retrain")
-    assert res.verdict["verdict"] == "ok"
+    assert [p["method"] for p in res.diagnostics["path"]] == ["retrain"]
+    assert res.diagnostics["skipped"]["methods"] == ["laplace-downdate", "lm-refit"]
+    assert res.diagnostics["skipped"]["reason"].startswith("the forget set supplied")
+    assert res.diagnostics["chosen"] == "retrain" and res.verdict["verdict"] == "ok"
     assert min(_gaps(bnn, res.posterior).values()) >= 0.8
+    # without a retrain to fall back on, the ladder runs and returns the warm re-fit, "uncertain"
+    warm = unlearn(bnn["post"], bnn["xf"], bnn["yf"], "auto", allow_retrain=False)
+    path = warm.diagnostics["path"]
+    assert [p["method"] for p in path] == ["laplace-downdate", "lm-refit"] and path[0]["verdict"] == "failed"
+    assert warm.diagnostics["chosen"] == "lm-refit" and _only_the_share(warm.verdict), warm.verdict
+    assert "skipped" not in warm.diagnostics
 
 
 def test_elbo_refit_on_a_meanfield_bnn(bnn):

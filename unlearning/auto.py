@@ -9,7 +9,11 @@ needs no retraining):
 
 The first rung whose verdict is "ok" is returned. If none is, the retrain is returned when it ran
 and did not fail (the reference by definition); with ``allow_retrain=False`` the first "uncertain"
-result, or the last one ("failed"). Empirical (NUTS) posteriors go straight to ``retrain``. The report's
+result, or the last one ("failed"). When the forget set held most of the old posterior's information
+along some direction (an emptied region, :func:`unlearning.verdict.forget_share`: κ > ½), no update
+started from the old posterior can be "ok", so with ``allow_retrain=True`` the warm rungs are skipped
+(``diagnostics["skipped"]`` says which and why) and ``auto`` retrains at once. Empirical (NUTS)
+posteriors go straight to ``retrain``. The report's
 ``diagnostics["path"]`` lists every rung tried with its verdict, reasons and time.
 """
 
@@ -21,7 +25,7 @@ from ..inference.posterior import Posterior
 from ..inference.svi import GUIDES
 
 from .base import REGISTRY, ForgetSet, register
-from .verdict import compute_verdict
+from .verdict import VERDICT_RULES, compute_verdict, forget_share, share_reason
 
 __all__ = ["auto_ladder"]
 
@@ -52,6 +56,11 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     ladder = auto_ladder(old, cheap, allow_retrain)
     if not ladder:
         raise ValueError("auto has nothing to try for an empirical posterior with allow_retrain=False")
+    share = forget_share(old, fs.x_forget, fs.y_forget, seed=seed)
+    skipped = None
+    if allow_retrain and share.get("forget_share", 0.0) > VERDICT_RULES["share_uncertain"]:
+        skipped = {"methods": [m for m in ladder if m != "retrain"], "reason": share_reason(share)}
+        ladder = ["retrain"]
     path, best, last, best_name, last_name = [], None, None, None, None
     for name in ladder:
         t0 = time.perf_counter()
@@ -64,7 +73,7 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
             continue
         t_method = time.perf_counter() - t0
         post = out["posterior"].replace(x=fs.x_retain, y=fs.y_retain, model=old.model)
-        v = compute_verdict(name, old, post, fs.x_forget, fs.y_forget, out, seed=seed)
+        v = compute_verdict(name, old, post, fs.x_forget, fs.y_forget, out, seed=seed, share=share)
         path.append({"method": name, "verdict": v["verdict"], "reasons": v["reasons"], "time_s": t_method,
                      "verdict_time_s": time.perf_counter() - t0 - t_method})
         out = {**out, "verdict": v}
@@ -80,7 +89,7 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     if chosen is None:
         raise RuntimeError("auto: every method it tried failed to run: " +
                            "; ".join(f"{p['method']}: {p['reasons'][0]}" for p in path))
-    diagnostics = {"path": path, "chosen": taken, **{f"{taken}/{k}": v for k, v in
+    diagnostics = {"path": path, "chosen": taken, **({"skipped": skipped} if skipped else {}), **{f"{taken}/{k}": v for k, v in
                                                      (chosen.get("diagnostics") or {}).items()
                                                      if isinstance(v, (int, float, str, bool, type(None)))}}
     warnings = list(chosen.get("warnings", []))
