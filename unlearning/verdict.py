@@ -77,6 +77,7 @@ without a Gaussian covariance and for dense ones over more than ``share_max_dim`
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -209,6 +210,7 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
     (module docstring, "An emptied region"): ``{"forget_share": κ, "forget_share_lambda": κ/(1−κ),
     "forget_share_rows": rows of D_f used}``, or ``{"forget_share_skipped": why}`` where it does not apply
     (no Gaussian covariance, no model, a mean linear in θ, a dense posterior over too many coordinates)."""
+    from ..inference.curvature import whitened_jacobian
     from ..inference.laplace import curvature_term
 
     R = {**VERDICT_RULES, **(rules or {})}
@@ -228,14 +230,20 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
     k = old.cov.size
     if form == "dense" and k > R["share_max_dim"]:
         return {"forget_share_skipped": f"a dense posterior over {k} > {R['share_max_dim']} coordinates"}
-    G = scale * curvature_term(bound, x, y, theta, form=form, curvature="ggn", index=old.active)
     if form == "diag":
+        G = scale * curvature_term(bound, x, y, theta, form="diag", curvature="ggn", index=old.active)
         kappa = float((G / old.cov.precision_form().to(torch.float64)).max())
     else:
-        P = old.cov.precision_form() if old.cov.curvature_form == "dense" else torch.linalg.inv(old.cov.dense())
-        L = torch.linalg.cholesky(0.5 * (P + P.T).to(torch.float64))
-        M = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, G, upper=False).T, upper=False)
-        kappa = float(torch.linalg.eigvalsh(0.5 * (M + M.T))[-1])
+        # G_f = AᵀA with A the whitened Jacobian of the rows; with Λ = L Lᵀ and B = L⁻¹ Aᵀ, κ is the largest
+        # eigenvalue of BᵀB (rows × rows) or of B Bᵀ (k × k), whichever is smaller
+        A = math.sqrt(scale) * whitened_jacobian(bound, x, theta, old.active)
+        if isinstance(getattr(type(old.cov), "cholesky", None), cached_property):
+            L = old.cov.cholesky.to(torch.float64)  # factorised once per posterior
+        else:
+            P = old.cov.precision_form() if old.cov.curvature_form == "dense" else torch.linalg.inv(old.cov.dense())
+            L = torch.linalg.cholesky(0.5 * (P + P.T).to(torch.float64))
+        B = torch.linalg.solve_triangular(L, A.T, upper=False)
+        kappa = float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
     kappa = min(kappa, 1.0)  # a subsample's estimate can pass 1 (the share itself cannot)
     lam = kappa / (1.0 - kappa) if kappa < 1.0 else math.inf
     return {"forget_share": kappa, "forget_share_lambda": lam, "forget_share_rows": len(x)}
