@@ -271,8 +271,9 @@ def _verdict_section(rows: list[dict]) -> list[str]:
         return []
     L = ["", "### Verdicts", "",
          "Each result is checked against the optimality conditions of the retained problem, without retraining "
-         "(`unlearning.verdict`): **ok** (the new posterior satisfies them), **uncertain** (partly, or the check "
-         "is inconclusive), **failed** (diverged, a broken covariance, most of the change not made, nothing "
+         "(`unlearning.verdict`): **ok** (the new posterior satisfies them), **uncertain** (partly, the check "
+         "is inconclusive, or a warm update after D_f emptied a region, where cold retrains land in another "
+         "mode), **failed** (diverged, a broken covariance, most of the change not made, nothing "
          "forgotten, or the method raised). Compare with the gap closed above, which needed the retraining.", "",
          "| method | verdict | check time (s) | reasons |", "|---|---|---:|---|"]
     for r in rows:
