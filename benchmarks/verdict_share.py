@@ -41,7 +41,7 @@ def measured(paths: list[str]) -> dict:
     return out
 
 
-def run_seed(seed: int, n: int, scenarios: list[str], joined: dict) -> list[dict]:
+def run_seed(seed: int, n: int, scenarios: list[str], joined: dict, fit_options: dict | None = None) -> list[dict]:
     from bayes_unlearn.inference import fit
     from bayes_unlearn.models.data import synthetic_1d
     from bayes_unlearn.models.forget_sets import split
@@ -52,8 +52,8 @@ def run_seed(seed: int, n: int, scenarios: list[str], joined: dict) -> list[dict
 
     data = synthetic_1d(n=n, seed=seed)
     t0 = time.perf_counter()
-    post = fit(default_bnn(), data.x, data.y, method="laplace", seed=seed, progress=False, curvature="ggn",
-               structure="full")
+    post = fit(default_bnn(), data.x, data.y, method="laplace", seed=seed, progress=False,
+               **{"curvature": "ggn", "structure": "full", **(fit_options or {})})
     fit_s = time.perf_counter() - t0
     rows = []
     for sc in scenarios:
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
     ap.add_argument("--scenarios", nargs="+", default=["region", "random:0.01"])
     ap.add_argument("--ranks", nargs="*", default=[], help="benchmarks.bnn_unlearning JSONs to join lm-refit's rows")
+    ap.add_argument("--fit-options", default="{}", help="JSON options for the fit (default: the benchmarks' own)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     doc = {"config": vars(a), "machine_before": machine_state(), "rows": rows}
     for seed in a.seeds:
-        rows += run_seed(seed, a.n, a.scenarios, joined)
+        rows += run_seed(seed, a.n, a.scenarios, joined, json.loads(a.fit_options))
         doc["summary"] = summarise(rows)
         write_result(a.out, doc, threads=1)
         for r in rows[-len(a.scenarios):]:

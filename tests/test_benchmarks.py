@@ -187,6 +187,31 @@ def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
         row["forget/rank"]) else (4 - math.floor(row["forget/rank"])) / 3)
 
 
+def test_verdict_share_flags_the_region_and_reads_the_flags_against_measured_misses(tmp_path):
+    """benchmarks.verdict_share on a tiny net: the region is flagged and lm-refit's verdict there is no longer
+    "ok"; a measured miss joined from a bnn_unlearning JSON is counted as flagged (and as "ok" before)."""
+    import json
+
+    from benchmarks import verdict_share as vs
+
+    measured = {"method": "lm-refit", "forget/rank": 4.0, "retain/rank": 2.0, "test/rank": 4.0, "rank_n": 4,
+                "forget/floor_ratio": 1.5, "retain/floor_ratio": 0.5, "test/floor_ratio": 1.2,
+                "within_floor": False, "verdict": "ok"}
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text(json.dumps({"per_seed": [{"seed": 2, "scenario": "region", "rows": [
+        {"method": "retrain"}, measured]}]}))
+    doc = vs.main(["--n", "80", "--seeds", "2", "--scenarios", "region", "random:0.05", "--ranks", str(ranks),
+                   "--fit-options", '{"num_steps": 300}', "--out", str(tmp_path / "vs.json")])
+    region, scattered = doc["rows"]
+    assert region["flagged"] and region["forget_share"] > 0.5 and region["lm_refit_verdict"] != "ok"
+    assert any(r.startswith("the forget set supplied") for r in region["lm_refit_reasons"])
+    assert region["measured_rank"] == {"forget": 4.0, "retain": 2.0, "test": 4.0} and "measured_rank" not in scattered
+    s = doc["summary"]["region"]
+    assert (s["seeds"], s["flagged"], s["measured_misses"], s["misses_flagged"]) == (1, 1, 1, 1)
+    assert (s["misses_ok_before"], s["misses_ok_now"], s["lm_refit_ok"]) == (1, 0, 0)
+    assert doc["summary"]["random:0.05"]["seeds"] == 1 and doc["summary"]["random:0.05"]["measured_misses"] == 0
+
+
 @pytest.mark.slow  # about 45 s idle: a fit, three retrains and five refits
 def test_warm_start_variants_score_like_methods_and_reuse_their_store(tmp_path):
     """benchmarks.bnn_warm_starts on a tiny net: every variant is refitted and scored (ρ, L_r against the
