@@ -172,10 +172,25 @@ def test_the_share_check_flags_an_emptied_region_and_not_a_random_deletion(bnn):
     # a subsample of D_f's rows (share_rows) estimates the same κ for the region, upward-biased at worst
     sub = forget_share(bnn["post"], bnn["xf"], bnn["yf"], rules={"share_rows": 10})
     assert sub["forget_share_rows"] == 10 and sub["forget_share"] >= 0.5
+    # above share_max_dim coordinates: a lower bound by power iteration on Σ G_f, without a k × k matrix
+    big = {"share_max_dim": 10}
+    power_region = forget_share(bnn["post"], bnn["xf"], bnn["yf"], rules=big)
+    power_scattered = forget_share(bnn["post"], xf, yf, rules={**big, "share_power_iters": 200})
+    assert power_region["forget_share_method"] == "power" and region["forget_share_method"] == "dense"
+    assert 0.5 < power_region["forget_share"] <= region["forget_share"] + 1e-9
+    assert power_scattered["forget_share"] <= scattered["forget_share"] + 1e-9
+    assert power_scattered["forget_share"] > 0.9 * scattered["forget_share"]  # 200 steps: near the top eigenvalue
     # a diagonal posterior: one ratio per coordinate, G_f[p, p] / Λ[p, p]
     d = bnn["data"]
     diag = fit(bnn["post"].model, d.x, d.y, "laplace", curvature="ggn", structure="diag", seed=0, progress=False)
     assert forget_share(diag, bnn["xf"], bnn["yf"])["forget_share"] > 0.5
+    # a last-layer posterior: the refit moves every weight, so with D_r given κ is taken over all of them (the
+    # last layer alone saw 0.43 of its precision from this region, below the threshold)
+    ll = fit(bnn["post"].model, d.x, d.y, "laplace", curvature="ggn", structure="last-layer", seed=0, progress=False)
+    every = forget_share(ll, bnn["xf"], bnn["yf"], x_retain=bnn["xr"], y_retain=bnn["yr"])
+    assert every["forget_share_method"] == "dense, every coordinate" and every["forget_share"] > 0.5
+    assert forget_share(ll, bnn["xf"], bnn["yf"])["forget_share"] < every["forget_share"]
+    assert unlearn(ll, bnn["xf"], bnn["yf"], "lm-refit").verdict["verdict"] != "ok"
 
 
 def test_the_share_check_exempts_a_model_linear_in_theta(blr_problem):

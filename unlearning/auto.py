@@ -56,7 +56,7 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     ladder = auto_ladder(old, cheap, allow_retrain)
     if not ladder:
         raise ValueError("auto has nothing to try for an empirical posterior with allow_retrain=False")
-    share = forget_share(old, fs.x_forget, fs.y_forget, seed=seed)
+    share = forget_share(old, fs.x_forget, fs.y_forget, seed=seed, x_retain=fs.x_retain, y_retain=fs.y_retain)
     skipped = None
     if allow_retrain and share.get("forget_share", 0.0) > VERDICT_RULES["share_uncertain"]:
         skipped = {"methods": [m for m in ladder if m != "retrain"], "reason": share_reason(share)}

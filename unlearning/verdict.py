@@ -63,7 +63,8 @@ not (p = 0.78). The check is the largest share of the old precision that D_f sup
 
 with G_f the forget set's GGN at θ* (from at most ``share_rows`` rows of D_f, scaled up: the estimate
 of a largest eigenvalue is biased upward, toward a flag) and Λ the old precision (its diagonal for a
-diagonal posterior, one ratio per coordinate). κ > ``share_uncertain`` = ½ (λ > 1): D_f supplied more
+diagonal posterior, one ratio per coordinate; above ``share_max_dim`` coordinates a lower bound from power
+iteration on Σ G_f, ``_share_by_power_iteration``). κ > ``share_uncertain`` = ½ (λ > 1): D_f supplied more
 information along v than the prior and D_r together, so the retained posterior is at least twice as
 wide there as the old one and the old mean's place along v came from D_f. The threshold is that argument,
 not a fit to benchmarks; measured (default BNN, GGN, calibration seeds 0–1): region deletions κ ≥ 0.9996
@@ -71,7 +72,7 @@ not a fit to benchmarks; measured (default BNN, GGN, calibration seeds 0–1): r
 N = 300. A model whose mean is linear in θ (conjugate BLR) has one mode, and every update that is exact
 there stays exact: it is exempt. The cold retrains (``retrain``, ``retrain-lm``) do not start from θ*
 and are exempt too; ``retrain-warm`` is not. Skipped (with the reason in the numbers) for posteriors
-without a Gaussian covariance and for dense ones over more than ``share_max_dim`` coordinates.
+without a Gaussian covariance.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ RETRAINS = ("retrain", "retrain-warm", "retrain-lm")  # the references: judged a
 COLD = ("none", "retrain", "retrain-lm")  # results that do not start from θ* (exempt from the emptied-region rule)
 VERDICT_RULES = {"ok_ratio": 0.02, "fail_ratio": 0.5, "khat_uncertain": 0.5, "khat_fail": 0.7, "min_ess": 10.0,
                  "ess_kl_uncertain": 0.006, "exact_max": 20000, "batch_size": 4096, "num_draws": 64,
-                 "mode_kl_ok": 0.01, "share_uncertain": 0.5, "share_rows": 1024, "share_max_dim": 6000}
+                 "mode_kl_ok": 0.01, "share_uncertain": 0.5, "share_rows": 1024, "share_max_dim": 6000,
+                 "share_power_iters": 30}
 
 
 def ess_kl(ess: float, dim: int, cov: Covariance | type[Covariance] | None = None) -> float:
@@ -205,11 +207,14 @@ def _mean_is_linear(bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, see
 
 
 def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor, *, rules: dict | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, x_retain: torch.Tensor | None = None, y_retain: torch.Tensor | None = None) -> dict:
     """The largest share κ of the old posterior's precision that the forget set supplied along one direction
     (module docstring, "An emptied region"): ``{"forget_share": κ, "forget_share_lambda": κ/(1−κ),
-    "forget_share_rows": rows of D_f used}``, or ``{"forget_share_skipped": why}`` where it does not apply
-    (no Gaussian covariance, no model, a mean linear in θ, a dense posterior over too many coordinates)."""
+    "forget_share_rows": rows of D_f used, "forget_share_method": "dense" | "diagonal" | "power" (a lower bound)}``,
+    or ``{"forget_share_skipped": why}`` where it does not apply (no Gaussian covariance, no model, a mean linear
+    in θ). For a posterior over a subset of the coordinates (last-layer) the update still moves every
+    coordinate, so with the retained data given κ is measured over all of them, against the GGN precision
+    P + G_f + G_r at θ* (from at most ``share_rows`` rows of each, scaled up), when d ≤ ``share_max_dim``."""
     from ..inference.curvature import whitened_jacobian
     from ..inference.laplace import curvature_term
 
@@ -228,9 +233,14 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
         return {"forget_share_skipped": "the model's mean is linear in θ (one mode)"}
     form = "diag" if old.cov.curvature_form == "diag" else "dense"
     k = old.cov.size
-    if form == "dense" and k > R["share_max_dim"]:
-        return {"forget_share_skipped": f"a dense posterior over {k} > {R['share_max_dim']} coordinates"}
-    if form == "diag":
+    method = "dense"
+    if old.active is not None and x_retain is not None and len(x_retain) and len(theta) <= R["share_max_dim"]:
+        method = "dense, every coordinate"
+        kappa = _share_over_every_coordinate(old, bound, x, theta, scale, x_retain, y_retain, R, seed)
+    elif form == "dense" and k > R["share_max_dim"]:
+        method = "power"
+        kappa = _share_by_power_iteration(old, bound, x, y, theta, scale, R)
+    elif form == "diag":
         G = scale * curvature_term(bound, x, y, theta, form="diag", curvature="ggn", index=old.active)
         kappa = float((G / old.cov.precision_form().to(torch.float64)).max())
     else:
@@ -246,7 +256,63 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
         kappa = float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
     kappa = min(kappa, 1.0)  # a subsample's estimate can pass 1 (the share itself cannot)
     lam = kappa / (1.0 - kappa) if kappa < 1.0 else math.inf
-    return {"forget_share": kappa, "forget_share_lambda": lam, "forget_share_rows": len(x)}
+    return {"forget_share": kappa, "forget_share_lambda": lam, "forget_share_rows": len(x),
+            "forget_share_method": "diagonal" if form == "diag" and method == "dense" else method}
+
+
+def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, scale: float,
+                                 x_retain: torch.Tensor, y_retain: torch.Tensor, R: dict, seed: int) -> float:
+    """κ over all d coordinates against Λ = P + G_f + G_r at θ* (an active-subset posterior holds no precision for
+    the rest): the largest eigenvalue of Bᵀ B with B = L⁻¹ A_fᵀ, Λ = L Lᵀ."""
+    from ..inference.curvature import whitened_jacobian
+    from ..inference.gauss_newton import NegLogJoint
+
+    xr, yr = x_retain.to(torch.float64), y_retain.to(torch.float64)
+    scale_r = 1.0
+    if len(xr) > R["share_rows"]:
+        sub = torch.randperm(len(xr), generator=torch.Generator().manual_seed(seed + 992))[:int(R["share_rows"])]
+        scale_r = len(xr) / len(sub)
+        xr, yr = xr[sub], yr[sub]
+    A_f = math.sqrt(scale) * whitened_jacobian(bound, x, theta)
+    A_r = math.sqrt(scale_r) * whitened_jacobian(BoundModel(old.model, xr, yr), xr, theta)
+    P = torch.diag(NegLogJoint(bound, x, x.new_zeros(len(x))).prior_diag(theta)) + A_f.T @ A_f + A_r.T @ A_r
+    L = torch.linalg.cholesky(0.5 * (P + P.T))
+    B = torch.linalg.solve_triangular(L, A_f.T, upper=False)
+    return float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
+
+
+def _share_by_power_iteration(old: Posterior, bound: BoundModel, x: torch.Tensor, y: torch.Tensor,
+                              theta: torch.Tensor, scale: float, R: dict) -> float:
+    """κ from below, without a k × k matrix: power iteration on Σ G_f (its eigenvalues are the generalised ones
+    of (G_f, Λ)) from v₀ = Σ g_f, the forget gradient's Newton direction; each iterate's Rayleigh quotient
+    vᵀ G_f v / vᵀ Λ v is a lower bound of κ, so the largest one is returned (a flag from it is certain; below
+    ½ it can miss a κ above). ``share_power_iters`` products with G_f (forward + reverse mode over the rows)
+    and Σ; stops early once the bound passes ``share_uncertain``."""
+    from ..inference.gauss_newton import NegLogJoint
+
+    gvp_full = NegLogJoint(bound, x, y).ggn_vp(theta)
+    act = old.active
+
+    def gvp(v: torch.Tensor) -> torch.Tensor:
+        if act is None:
+            return scale * gvp_full(v)
+        full = torch.zeros_like(theta)
+        full[act] = v
+        return scale * gvp_full(full)[act]
+
+    g = torch.func.grad(lambda t: bound.log_likelihood(t, x, y).sum())(theta)
+    v = old.cov.matvec((g if act is None else g[act]).to(old.cov.dtype)).to(torch.float64)
+    best = 0.0
+    for _ in range(int(R["share_power_iters"])):
+        if not float(v.norm()) > 0:
+            break
+        v = v / v.norm()
+        Gv = gvp(v)
+        best = max(best, float(v @ Gv) / float(v @ old.cov.precision_matvec(v.to(old.cov.dtype)).to(torch.float64)))
+        if best > R["share_uncertain"]:
+            break
+        v = old.cov.matvec(Gv.to(old.cov.dtype)).to(torch.float64)
+    return best
 
 
 def share_reason(share: dict, rules: dict | None = None) -> str:
@@ -343,7 +409,8 @@ def compute_verdict(method: str, old: Posterior, new: Posterior, x_forget: torch
         except (NotImplementedError, RuntimeError, ValueError) as e:
             reasons_unc.append(f"the retained gradient could not be computed ({type(e).__name__}: {e})")
     if method not in COLD:
-        share = share if share is not None else forget_share(old, x_forget, y_forget, rules=R, seed=seed)
+        share = share if share is not None else forget_share(old, x_forget, y_forget, rules=R, seed=seed,
+                                                             x_retain=new.x, y_retain=new.y)
         numbers.update(share)
         if share.get("forget_share", 0.0) > R["share_uncertain"]:
             reasons_unc.append(share_reason(share, R))
