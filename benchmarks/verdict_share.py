@@ -15,6 +15,9 @@ its cost, and the verdict ``lm-refit`` now gets. ``--ranks`` joins, per seed and
 benchmark measured for ``lm-refit`` against the retrain ensemble (its exchangeability rank among the
 references and the held-out retrain, its ρ per split), so that each flag can be read against a miss.
 No retrain runs here: the flag is computed without one, which is the point.
+
+``--sweep docs/sweeps/NAME`` does the same for every task of a committed sweep (its own configuration, data,
+model and forget set, refitted with today's code) and joins what the sweep recorded for ``lm-refit``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,40 @@ def run_seed(seed: int, n: int, scenarios: list[str], joined: dict, fit_options:
     return rows
 
 
+def run_sweep_task(folder: Path) -> dict:
+    """One task of a committed sweep (``docs/sweeps/<name>/<scenario>/seedN``): its configuration refitted with
+    today's code (the same seed and options), κ of its request, and what the sweep recorded for ``lm-refit``
+    (verdict, gap closed, within the floor) -- the sweep's own θ* may differ where the fit changed since."""
+    from bayes_unlearn.analysis.config import load_config
+    from bayes_unlearn.analysis.experiment import _plan
+    from bayes_unlearn.inference import fit
+    from bayes_unlearn.models.forget_sets import split
+    from bayes_unlearn.unlearning.verdict import VERDICT_RULES, forget_share
+
+    from benchmarks.bnn_unlearning import SPLITS
+
+    cfg = load_config(folder / "config.toml")
+    _, data, model, idx, _, _ = _plan(cfg)
+    t0 = time.perf_counter()
+    post = fit(model, data.x, data.y, cfg["inference"]["method"], seed=cfg["seed"], progress=False,
+               **cfg["inference"]["options"])
+    fit_s = time.perf_counter() - t0
+    xr, yr, xf, yf = split(data.x, data.y, idx)
+    t0 = time.perf_counter()
+    share = forget_share(post, xf, yf, seed=cfg["seed"], x_retain=xr, y_retain=yr)
+    row = {"task": f"{folder.parent.name}/{folder.name}", "scenario": folder.parent.name, "seed": cfg["seed"],
+           "num_forget": len(xf), "fit_time_s": fit_s, "share_time_s": time.perf_counter() - t0, **share,
+           "flagged": share.get("forget_share", 0.0) > VERDICT_RULES["share_uncertain"]}
+    doc = json.loads((folder / "metrics.json").read_text())
+    lm = next((r for r in doc["results"] if r["method"] == "lm-refit"), None)
+    if lm is not None:
+        m = lm.get("metrics") or {}
+        row.update({"measured_verdict": lm.get("verdict"),
+                    "measured_gap_closed": {s: m.get(f"{s}/gap_closed") for s in SPLITS},
+                    "measured_within_floor": all(m.get(f"{s}/within_noise_floor") == 1.0 for s in SPLITS)})
+    return row
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per scenario: how many seeds were flagged, and how many of the measured misses (rank n of n on D_f
     or test, or ρ > 1 on some split) carried the flag."""
@@ -102,9 +139,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scenarios", nargs="+", default=["region", "random:0.01"])
     ap.add_argument("--ranks", nargs="*", default=[], help="benchmarks.bnn_unlearning JSONs to join lm-refit's rows")
     ap.add_argument("--fit-options", default="{}", help="JSON options for the fit (default: the benchmarks' own)")
+    ap.add_argument("--sweep", help="instead: every task folder of a committed sweep (docs/sweeps/NAME), refitted")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.sweep:
+        rows = []
+        doc = {"config": vars(a), "machine_before": machine_state(), "rows": rows}
+        for folder in sorted(Path(a.sweep).glob("*/seed*")):
+            rows.append(run_sweep_task(folder))
+            print(json.dumps({k: rows[-1].get(k) for k in ("task", "forget_share", "flagged", "measured_verdict",
+                                                            "measured_gap_closed", "measured_within_floor")}), flush=True)
+            write_result(a.out, doc, threads=1)
+        return doc
     joined = measured(a.ranks)
     rows: list[dict] = []
     doc = {"config": vars(a), "machine_before": machine_state(), "rows": rows}
