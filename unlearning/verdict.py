@@ -222,12 +222,7 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
     if not old.cov.gaussian or old.model is None or old.cov.curvature_form is None or len(x_forget) == 0:
         return {"forget_share_skipped": "no Gaussian covariance or no model"}
     theta = old.loc.detach().to(torch.float64)
-    x, y = x_forget.to(torch.float64), y_forget.to(torch.float64)
-    scale = 1.0
-    if len(x) > R["share_rows"]:
-        sub = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 991))[:int(R["share_rows"])]
-        scale = len(x) / len(sub)
-        x, y = x[sub], y[sub]
+    x, y, scale = _some_rows(x_forget, y_forget, int(R["share_rows"]), seed + 991)
     bound = BoundModel(old.model, x, y)
     if _mean_is_linear(bound, x, theta, seed):
         return {"forget_share_skipped": "the model's mean is linear in θ (one mode)"}
@@ -252,12 +247,27 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
         else:
             P = old.cov.precision_form() if old.cov.curvature_form == "dense" else torch.linalg.inv(old.cov.dense())
             L = torch.linalg.cholesky(0.5 * (P + P.T).to(torch.float64))
-        B = torch.linalg.solve_triangular(L, A.T, upper=False)
-        kappa = float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
+        kappa = _top_share(L, A)
     kappa = min(kappa, 1.0)  # a subsample's estimate can pass 1 (the share itself cannot)
     lam = kappa / (1.0 - kappa) if kappa < 1.0 else math.inf
     return {"forget_share": kappa, "forget_share_lambda": lam, "forget_share_rows": len(x),
             "forget_share_method": "diagonal" if form == "diag" and method == "dense" else method}
+
+
+def _some_rows(x: torch.Tensor, y: torch.Tensor, cap: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(x, y) in float64, or a seeded subsample of ``cap`` rows, and the factor that scales its sums to all rows."""
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    if len(x) <= cap:
+        return x, y, 1.0
+    sub = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:cap]
+    return x[sub], y[sub], len(x) / cap
+
+
+def _top_share(L: torch.Tensor, A: torch.Tensor) -> float:
+    """The largest generalised eigenvalue of (AᵀA, L Lᵀ): that of BᵀB (rows × rows) or B Bᵀ (k × k), whichever is
+    smaller, with B = L⁻¹ Aᵀ."""
+    B = torch.linalg.solve_triangular(L, A.T, upper=False)
+    return float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
 
 
 def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, scale: float,
@@ -267,18 +277,11 @@ def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Ten
     from ..inference.curvature import whitened_jacobian
     from ..inference.gauss_newton import NegLogJoint
 
-    xr, yr = x_retain.to(torch.float64), y_retain.to(torch.float64)
-    scale_r = 1.0
-    if len(xr) > R["share_rows"]:
-        sub = torch.randperm(len(xr), generator=torch.Generator().manual_seed(seed + 992))[:int(R["share_rows"])]
-        scale_r = len(xr) / len(sub)
-        xr, yr = xr[sub], yr[sub]
+    xr, yr, scale_r = _some_rows(x_retain, y_retain, int(R["share_rows"]), seed + 992)
     A_f = math.sqrt(scale) * whitened_jacobian(bound, x, theta)
     A_r = math.sqrt(scale_r) * whitened_jacobian(BoundModel(old.model, xr, yr), xr, theta)
     P = torch.diag(NegLogJoint(bound, x, x.new_zeros(len(x))).prior_diag(theta)) + A_f.T @ A_f + A_r.T @ A_r
-    L = torch.linalg.cholesky(0.5 * (P + P.T))
-    B = torch.linalg.solve_triangular(L, A_f.T, upper=False)
-    return float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
+    return _top_share(torch.linalg.cholesky(0.5 * (P + P.T)), A_f)
 
 
 def _share_by_power_iteration(old: Posterior, bound: BoundModel, x: torch.Tensor, y: torch.Tensor,
