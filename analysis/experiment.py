@@ -354,9 +354,13 @@ def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_ti
         theta = post.loc.detach().double().requires_grad_(True)
         (g,) = torch.autograd.grad(bound.log_likelihood(theta, xf.double(), yf.double()).sum(), theta)
         grads["forget_grad_norm"] = float(g.norm())
+    from ..unlearning.verdict import forget_share
+
+    xr, yr, _, _ = split(data.x, data.y, idx)
+    share = forget_share(post, xf, yf, seed=cfg["seed"], x_retain=xr, y_retain=yr)  # the verdict's emptied-region κ
     return {**grads, "num_train": len(data.x), "num_forget": len(idx), "num_retain": len(data.x) - len(idx),
             "num_params": int(post.loc.numel()), "family": post.family, "structure": post.structure,
-            "fit_time_s": fit_time, "psis_khat": khat, "psis_note": note,
+            "fit_time_s": fit_time, "psis_khat": khat, "psis_note": note, **share,
             "fit_warnings": list(post.meta.get("warnings", []))}
 
 

@@ -93,6 +93,17 @@ def _map_reading(req: dict) -> str:
     return text + " -- a mode at the scale of this request"
 
 
+def _share_reading(req: dict) -> str:
+    """The request's κ (``unlearning.verdict.forget_share``) in words: does it empty a region?"""
+    from ..unlearning.verdict import VERDICT_RULES
+
+    k = req["forget_share"]
+    if k > VERDICT_RULES["share_uncertain"]:
+        return (f"κ = {k:.3g} > {VERDICT_RULES['share_uncertain']}: D_f alone determined some direction (a region D_r "
+                "leaves empty), so no update started from q(θ|D) can be \"ok\"; `auto` retrains")
+    return f"κ = {k:.3g} ≤ {VERDICT_RULES['share_uncertain']}: no region is emptied"
+
+
 def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = None) -> Path:
     """``report.md``: the request, tables against retraining, the noise floor, figures and warnings."""
     cfg, req, rows = doc["config"], doc["request"], doc["results"]
@@ -114,6 +125,8 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
          f"| PSIS k̂ of the request | {_khat_reading(req['psis_khat'], req.get('psis_note'))} |"]
     if req.get("map_grad_norm") is not None:
         L.append(f"| MAP gradient | {_map_reading(req)} |")
+    if req.get("forget_share") is not None:
+        L.append(f"| share of the old precision from D_f | {_share_reading(req)} |")
     L.append("")
     if req.get("fit_warnings"):
         L += ["Fit warnings: " + "; ".join(req["fit_warnings"]), ""]

@@ -312,6 +312,20 @@ def test_quick_run_reports_the_map_gradient_and_the_speed_up_against_a_cold_lm_r
     assert speed == pytest.approx(rows["retrain"]["wall_time_s"] / rows["lm-refit"]["wall_time_s"], rel=0.06)
 
 
+def test_quick_run_reports_the_emptied_region_on_the_first_page_and_auto_retrains(quick_run):
+    """The quick run deletes a region: the request's κ (the verdict's emptied-region share) is above ½ and on
+    the first page; every warm update carries that reason, the cold retrains do not, and auto retrained."""
+    doc = json.loads((quick_run / "metrics.json").read_text())
+    assert doc["request"]["forget_share"] > 0.5 and doc["request"]["forget_share_method"] == "dense"
+    report = (quick_run / "report.md").read_text()
+    assert "| share of the old precision from D_f | κ = " in report and "`auto` retrains |" in report
+    rows = {r["method"]: r for r in doc["results"]}
+    share = [m for m, r in rows.items() if any(x.startswith("the forget set supplied") for x in r["verdict_reasons"])]
+    assert "lm-refit" in share and "retrain-warm" in share and not {"retrain", "retrain-lm", "none"} & set(share)
+    assert rows["lm-refit"]["verdict"] != "ok"
+    assert rows["auto"]["diagnostics"]["chosen"] == "retrain" and "Not tried: `laplace-downdate`, `lm-refit`" in report
+
+
 def test_the_map_gradient_reading_flags_a_non_mode_at_the_request_scale():
     from bayes_unlearn.analysis.report import _map_reading
 
