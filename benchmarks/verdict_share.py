@@ -121,7 +121,8 @@ def summarise(rows: list[dict]) -> dict:
         kap = [r.get("forget_share") for r in rs if r.get("forget_share") is not None]
         miss = [r for r in rs if r.get("measured_rank") is not None and (
             r["measured_within_floor"] is False
-            or any(r["measured_rank"][s] == r["measured_rank_n"] for s in ("forget", "test")))]
+            or (r.get("measured_rank_n") is not None  # a JSON from before the ranks: the floor alone
+                and any(r["measured_rank"][s] == r["measured_rank_n"] for s in ("forget", "test"))))]
         out[sc] = {"seeds": len(rs), "flagged": sum(r["flagged"] for r in rs),
                    "kappa_min": min(kap) if kap else None, "kappa_max": max(kap) if kap else None,
                    "lm_refit_ok": sum(r["lm_refit_verdict"] == "ok" for r in rs),
