@@ -160,22 +160,28 @@ def default_bnn():
     return BayesianMLP(1, (32, 32), "tanh", prior_scale="fan_in", noise=0.1)
 
 
+def original_fit(data, seed: int, *, family: str = "laplace", structure: str = "full", fit_options: dict | None = None):
+    """The benchmarks' fit of q(θ|D) on ``data`` (default net, GGN Laplace in ``structure``): one place, so that every
+    benchmark that refits a seed (``bnn_warm_starts``, ``verdict_share``) gets the same θ* as this one."""
+    from bayes_unlearn.inference import fit
+
+    opts = {"curvature": "ggn", "structure": structure} if family == "laplace" else {}
+    opts.update(fit_options or {})
+    return fit(default_bnn(), data.x, data.y, method=family, seed=seed, progress=False, **opts)
+
+
 def run_seed(seed: int, *, n: int, scenario: str | list[str], family: str, structure: str, methods: list[str],
              K: int, method_options: dict, fit_options: dict | None = None) -> dict | list[dict]:
     """One seed: fit once, then for each scenario the K retrains, the methods and the distances.
     Returns one document per scenario (a list when ``scenario`` is a list)."""
-    from bayes_unlearn.inference import fit
     from bayes_unlearn.models.data import synthetic_1d
 
     if K < 2:
         raise ValueError(f"references={K}: the noise floor needs at least 2 retrains")
     data = synthetic_1d(n=n, seed=seed)
-    model = default_bnn()
-    opts = {"curvature": "ggn", "structure": structure} if family == "laplace" else {}
-    opts.update(fit_options or {})
     state_before = machine_state()
     t0 = time.perf_counter()
-    post = fit(model, data.x, data.y, method=family, seed=seed, progress=False, **opts)
+    post = original_fit(data, seed, family=family, structure=structure, fit_options=fit_options)
     fit_time = time.perf_counter() - t0
     scenarios = [scenario] if isinstance(scenario, str) else list(scenario)
     docs = [{"seed": seed, "fit_time_s": fit_time, "machine_before": state_before,

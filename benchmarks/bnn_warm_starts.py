@@ -100,7 +100,7 @@ def start_of(variant: str, theta: torch.Tensor, chol: torch.Tensor, G_f: torch.T
 
 
 def run(seed: int, n: int, scenario: str, K: int, variants: list[str], store: Path, max_iters: int = 500) -> dict:
-    from bayes_unlearn.inference import fit, predict
+    from bayes_unlearn.inference import predict
     from bayes_unlearn.inference.gauss_newton import LM_DEFAULTS, NegLogJoint
     from bayes_unlearn.inference.latent import BoundModel
     from bayes_unlearn.inference.posterior import Posterior
@@ -111,13 +111,11 @@ def run(seed: int, n: int, scenario: str, K: int, variants: list[str], store: Pa
     from bayes_unlearn.unlearning.laplace import forget_curvature
     from bayes_unlearn.unlearning.refit import _covariance_at, lm_mode, resolve_ggn_rows
 
-    from benchmarks.bnn_unlearning import SPLITS, NoiseFloor, default_bnn, forget_indices
+    from benchmarks.bnn_unlearning import SPLITS, NoiseFloor, forget_indices, original_fit
 
     store.mkdir(parents=True, exist_ok=True)
     data = synthetic_1d(n=n, seed=seed)
-    model = default_bnn()
-    old, fit_s = _stored(store / f"fit_n{n}_s{seed}.st", lambda: fit(
-        model, data.x, data.y, method="laplace", seed=seed, progress=False, curvature="ggn", structure="full"))
+    old, fit_s = _stored(store / f"fit_n{n}_s{seed}.st", lambda: original_fit(data, seed))
     idx = forget_indices(data.x, scenario, seed)
     xr, yr, xf, yf = split(data.x, data.y, idx)
     tag = scenario.replace(":", "")

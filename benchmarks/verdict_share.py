@@ -45,18 +45,16 @@ def measured(paths: list[str]) -> dict:
 
 
 def run_seed(seed: int, n: int, scenarios: list[str], joined: dict, fit_options: dict | None = None) -> list[dict]:
-    from bayes_unlearn.inference import fit
     from bayes_unlearn.models.data import synthetic_1d
     from bayes_unlearn.models.forget_sets import split
     from bayes_unlearn.unlearning import unlearn
     from bayes_unlearn.unlearning.verdict import VERDICT_RULES, forget_share
 
-    from benchmarks.bnn_unlearning import SPLITS, default_bnn, forget_indices
+    from benchmarks.bnn_unlearning import SPLITS, forget_indices, original_fit
 
     data = synthetic_1d(n=n, seed=seed)
     t0 = time.perf_counter()
-    post = fit(default_bnn(), data.x, data.y, method="laplace", seed=seed, progress=False,
-               **{"curvature": "ggn", "structure": "full", **(fit_options or {})})
+    post = original_fit(data, seed, fit_options=fit_options)
     fit_s = time.perf_counter() - t0
     rows = []
     for sc in scenarios:

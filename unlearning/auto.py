@@ -89,9 +89,9 @@ def auto(old: Posterior, fs: ForgetSet, *, seed: int = 0, progress: bool = False
     if chosen is None:
         raise RuntimeError("auto: every method it tried failed to run: " +
                            "; ".join(f"{p['method']}: {p['reasons'][0]}" for p in path))
-    diagnostics = {"path": path, "chosen": taken, **({"skipped": skipped} if skipped else {}), **{f"{taken}/{k}": v for k, v in
-                                                     (chosen.get("diagnostics") or {}).items()
-                                                     if isinstance(v, (int, float, str, bool, type(None)))}}
+    diagnostics = {"path": path, "chosen": taken, **({"skipped": skipped} if skipped else {}),
+                   **{f"{taken}/{k}": v for k, v in (chosen.get("diagnostics") or {}).items()
+                      if isinstance(v, (int, float, str, bool, type(None)))}}
     warnings = list(chosen.get("warnings", []))
     if chosen["verdict"]["verdict"] != "ok":
         warnings.append(f"auto: no method reached an 'ok' verdict; returning {taken} "

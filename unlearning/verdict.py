@@ -78,12 +78,12 @@ without a Gaussian covariance.
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from typing import Any
 
 import torch
 
 from ..inference.covariance import Covariance
+from ..inference.covariance.precision import Precision
 from ..inference.latent import BoundModel
 from ..inference.posterior import Posterior
 
@@ -231,7 +231,7 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
     method = "dense"
     if old.active is not None and x_retain is not None and len(x_retain) and len(theta) <= R["share_max_dim"]:
         method = "dense, every coordinate"
-        kappa = _share_over_every_coordinate(old, bound, x, theta, scale, x_retain, y_retain, R, seed)
+        kappa = _share_over_every_coordinate(old, bound, x, y, theta, scale, x_retain, y_retain, R, seed)
     elif form == "dense" and k > R["share_max_dim"]:
         method = "power"
         kappa = _share_by_power_iteration(old, bound, x, y, theta, scale, R)
@@ -242,7 +242,7 @@ def forget_share(old: Posterior, x_forget: torch.Tensor, y_forget: torch.Tensor,
         # G_f = AᵀA with A the whitened Jacobian of the rows; with Λ = L Lᵀ and B = L⁻¹ Aᵀ, κ is the largest
         # eigenvalue of BᵀB (rows × rows) or of B Bᵀ (k × k), whichever is smaller
         A = math.sqrt(scale) * whitened_jacobian(bound, x, theta, old.active)
-        if isinstance(getattr(type(old.cov), "cholesky", None), cached_property):
+        if isinstance(old.cov, Precision):
             L = old.cov.cholesky.to(torch.float64)  # factorised once per posterior
         else:
             P = old.cov.precision_form() if old.cov.curvature_form == "dense" else torch.linalg.inv(old.cov.dense())
@@ -270,8 +270,8 @@ def _top_share(L: torch.Tensor, A: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh(B.T @ B if B.shape[1] <= B.shape[0] else B @ B.T)[-1])
 
 
-def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Tensor, theta: torch.Tensor, scale: float,
-                                 x_retain: torch.Tensor, y_retain: torch.Tensor, R: dict, seed: int) -> float:
+def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Tensor, y: torch.Tensor,
+                                 theta: torch.Tensor, scale: float, x_retain: torch.Tensor, y_retain: torch.Tensor, R: dict, seed: int) -> float:
     """κ over all d coordinates against Λ = P + G_f + G_r at θ* (an active-subset posterior holds no precision for
     the rest): the largest eigenvalue of Bᵀ B with B = L⁻¹ A_fᵀ, Λ = L Lᵀ."""
     from ..inference.curvature import whitened_jacobian
@@ -280,7 +280,7 @@ def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Ten
     xr, yr, scale_r = _some_rows(x_retain, y_retain, int(R["share_rows"]), seed + 992)
     A_f = math.sqrt(scale) * whitened_jacobian(bound, x, theta)
     A_r = math.sqrt(scale_r) * whitened_jacobian(BoundModel(old.model, xr, yr), xr, theta)
-    P = torch.diag(NegLogJoint(bound, x, x.new_zeros(len(x))).prior_diag(theta)) + A_f.T @ A_f + A_r.T @ A_r
+    P = torch.diag(NegLogJoint(bound, x, y).prior_diag(theta)) + A_f.T @ A_f + A_r.T @ A_r
     return _top_share(torch.linalg.cholesky(0.5 * (P + P.T)), A_f)
 
 
