@@ -51,7 +51,7 @@ from ..inference.predict import Prediction
 from ..models.forget_sets import split
 from ..unlearning import unlearn
 
-from .ensemble import exchangeable_rank, floor_ratio, leave_one_out_floor, loo_distances, mixture
+from .ensemble import exchangeable_rank, floor_ratio, leave_one_out_floor, loo_distances, mixture, residual_memory
 from .files import run_status, write_json_atomic, write_text_atomic
 from .config import build_data, build_forget_indices, build_model, dump_toml, methods_to_run, region_bounds
 from .metrics import gap_closed, gaussian_kl, gaussian_w2, nll, predictive_distances, rmse
@@ -227,6 +227,8 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
             ranks = exchangeable_rank({sp: pred[sp] for sp in SPLITS}, retrain_preds, _kl_only)
             m.update({f"{sp}/rank": v for sp, v in ranks.items()})
             m["rank_n"] = len(retrain_preds) + 1
+        if row["method"] != "retrain":  # the share of θ*'s departure from the retrains' mean it kept (0 … 1)
+            m.update({f"{s}/memory": v for s, v in residual_memory(pred, retrain_preds, none_pred).items()})
 
     if floor:
         for sp in inputs:

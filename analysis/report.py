@@ -6,6 +6,7 @@ Both read only the ``metrics.json`` document built by :func:`analysis.experiment
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from .files import atomic_path, write_text_atomic
@@ -174,7 +175,14 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
               "/ Σ_k d(retrain_k) (metrics.csv, `*/floor_ratio`) ≤ 1 on all three splits makes it "
               "**indistinguishable from retraining** (marked ≈ below): "
               + (", ".join(f"`{r['method']}`" for r in rows if r.get("indistinguishable")) or "none") + "."]
-    elif nf:
+    mem = [(r["method"], r["metrics"].get("forget/memory")) for r in rows if not r.get("error")]
+    mem = [(m, v) for m, v in mem if isinstance(v, float) and math.isfinite(v) and m != "none"]
+    if mem:
+        L += ["", "**Residual memory of D_f** (metrics.csv, `forget/memory`): the share of the original posterior's "
+              "departure from the retrains' mean on the forget set that each result kept, Σ (μ − m̄)(μ* − m̄) / "
+              "Σ (μ* − m̄)² (0: none of it, 1: all of it, as `none`; linear, where gap closed is quadratic): "
+              + ", ".join(f"`{m}` {v:.2f}" for m, v in mem) + "."]
+    if nf and ref.get("kind") != "ensemble":
         L += ["", "**Noise floor** (two retrainings with different seeds, the same distances): KL "
               + ", ".join(f"{s} {_f(nf.get(f'{s}/predictive_kl'))}" for s in _SPLITS)
               + "; W₂ test " + _f(nf.get("test/w2")) + ". A method whose distance to `retrain` is at this level "

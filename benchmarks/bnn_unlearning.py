@@ -31,7 +31,9 @@ comparison is the exchangeability rank (``analysis.ensemble.exchangeable_rank``)
 the K references and the held-out retrains (``retrain@…`` run with only ``seed_offset``; a held-out retrain among
 the references and the other held-out ones) by each member's KL to the mixture of the others, ``{split}/rank`` of
 ``rank_n`` (1 closest). A row that were one more retrain would rank uniformly; the summary pools the ranks over
-seeds into the exact one-sided p-value of their sum (``{split}/rank_p``, ``pooled_rank_test``).
+seeds into the exact one-sided p-value of their sum (``{split}/rank_p``, ``pooled_rank_test``). Against the
+same retrains, ``{split}/memory`` (``residual_memory``) is the share of θ*'s departure from their mean that the
+row kept on the predictive mean, Σ (μ − m̄)(μ* − m̄) / Σ (μ* − m̄)²: on a forget set, what it still knows of D_f.
 
 Speed-ups are against the timed ``retrain`` (the library default), against the mean time of every default
 retrain the seed ran (``speedup_vs_retrains_mean``: the K references and any held-out ``retrain@…``; one
@@ -193,7 +195,7 @@ def run_seed(seed: int, *, n: int, scenario: str | list[str], family: str, struc
 
 def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods: list[str], K: int,
                   method_options: dict) -> dict:
-    from bayes_unlearn.analysis.ensemble import exchangeable_rank
+    from bayes_unlearn.analysis.ensemble import exchangeable_rank, residual_memory
     from bayes_unlearn.inference import predict
     from bayes_unlearn.models.forget_sets import split
     from bayes_unlearn.unlearning import unlearn
@@ -283,6 +285,8 @@ def _run_scenario(post, data, scenario: str, *, seed: int, family: str, methods:
             pool = refs + [pred_of[h] for h in held_out if h != name]
             row.update({f"{s}/rank": v for s, v in exchangeable_rank(p, pool, _kl_pred).items()})
             row["rank_n"] = len(pool) + 1
+            # the share of θ*'s departure from the same retrains' mean that the result kept (0: none, 1: all)
+            row.update({f"{s}/memory": v for s, v in residual_memory(p, pool, p_none).items()})
         if r is None:  # θ* itself: is the original fit's mode worse on D_r than the retrains' modes?
             row["retained_loss_minus_retrains"] = loss_r(post) - sum(ref_losses) / K
             rows.append(row)
@@ -317,7 +321,7 @@ def summarise(per_seed: list[dict]) -> list[dict]:
     for name in names:
         rows = [r for s in per_seed for r in s["rows"] if r["method"] == name and "error" not in r]
         cell = {"method": name, "n": len(rows)}
-        for key in [f"{s}/{k}" for k in ("gap_closed", "gap_closed_loo", "floor_ratio") for s in SPLITS] + [
+        for key in [f"{s}/{k}" for k in ("gap_closed", "gap_closed_loo", "floor_ratio", "memory") for s in SPLITS] + [
                     "speedup_vs_retrain", "speedup_vs_retrains_mean", "speedup_vs_retrain_lm",
                                                            "speedup_vs_retrain_adam", "wall_time_s", "grad_ratio",
                                                            "map_grad_norm", "mode_kl", "retained_loss_minus_retrains"]:
@@ -404,6 +408,14 @@ def markdown_table(doc: dict) -> str:
             means = " / ".join(f"{c[f'{s}/rank_mean'][0]:.2f}" for s in SPLITS)
             lines.append(f"| {c['method']} | {c['rank_seeds']} | {means} ({c['forget/rank_mean'][1]:.2f}) | "
                          + " | ".join(f"{c[f'{s}/rank_p']:.3g}" for s in SPLITS) + " |")
+    if any(c.get("forget/memory") for c in doc["summary"]):
+        lines += ["", "Residual memory (``analysis.ensemble.residual_memory``): the share of θ*'s departure from the "
+                  "retrains' mean that the result kept, against the same retrains as its rank (0: like them, 1: like "
+                  "`none`; a held-out retrain shows the spread of one more retrain):", "",
+                  "| method | memory D_f | memory D_r | memory test |", "|---|---|---|---|"]
+        for c in doc["summary"]:
+            if c.get("forget/memory") and c["method"] != "none":
+                lines.append(f"| {c['method']} | " + " | ".join(cell(c, f"{s}/memory") for s in SPLITS) + " |")
     vc = doc["verdict_counts"]
     lines.append("")
     lines.append(f"Seeds {doc['config']['seeds']}; {vc['results']} verdicts; \"ok\" with gap closed < 0.5 on a split: "

@@ -180,6 +180,10 @@ def test_seed_offset_runs_a_held_out_retrain_scored_like_a_method(monkeypatch):
     assert row["rank_n"] == 3 and all(1 <= row[f"{s}/rank"] <= 3 for s in bu.SPLITS)
     other = next(r for r in doc["rows"] if r["method"] == "none")
     assert other["rank_n"] == 4 and all(1 <= other[f"{s}/rank"] <= 4 for s in bu.SPLITS)
+    # residual memory against the same pool: θ* keeps all of its own departure; the held-out retrain a share
+    # that is read against that 1 (finite, and not the original's)
+    assert all(other[f"{s}/memory"] == pytest.approx(1.0) for s in bu.SPLITS)
+    assert all(math.isfinite(row[f"{s}/memory"]) and row[f"{s}/memory"] != pytest.approx(1.0) for s in bu.SPLITS)
     assert "rank_n" not in next(r for r in doc["rows"] if r["method"] == "retrain@lm")
     cell = next(c for c in bu.summarise([doc]) if c["method"] == "retrain@holdout")
     assert cell["rank_seeds"] == 1 and cell["forget/rank_mean"][1] == 2.0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from bayes_unlearn.analysis.config import load_config, merge, resolve
 from bayes_unlearn.analysis.ensemble import (MomentPrediction, exchangeable_rank, floor_ratio, leave_one_out_floor,
-                                           loo_distances, mixture, pooled_rank_test, within_floor)
+                                           loo_distances, mixture, pooled_rank_test, within_floor, residual_memory)
 
 
 def test_mixture_matches_the_moments_of_draws_from_the_mixture():
@@ -125,6 +126,27 @@ def test_exchangeable_rank_is_uniform_for_one_more_retrain_and_last_for_an_outli
     assert r != int(r)
     with pytest.raises(ValueError, match="at least 2"):
         exchangeable_rank(_member(g), [_member(g)], _kl_1d)
+
+
+def test_residual_memory_reads_the_share_of_the_original_departure_a_method_kept():
+    g = torch.Generator().manual_seed(1)
+    retrains = [_member(g) for _ in range(4)]
+    bar = torch.stack([r["forget"].mean for r in retrains]).mean(0)
+    delta = torch.randn(20, generator=g, dtype=torch.float64)  # what the original learnt from D_f
+    orth = torch.randn(20, generator=g, dtype=torch.float64)
+    orth -= (orth @ delta) / (delta @ delta) * delta             # an error that is no memory of D_f
+    sd = torch.full((20,), 0.2, dtype=torch.float64)
+    original = {"forget": MomentPrediction(bar + delta, sd)}
+    kept = {"forget": MomentPrediction(bar + 0.37 * delta + orth, sd)}
+    assert residual_memory(kept, retrains, original)["forget"] == pytest.approx(0.37)
+    assert residual_memory(original, retrains, original)["forget"] == pytest.approx(1.0)
+    # the mixture mean itself keeps nothing; an error the other way is negative, not "no memory"
+    assert residual_memory({"forget": MomentPrediction(bar, sd)}, retrains, original)["forget"] == pytest.approx(0.0)
+    assert residual_memory({"forget": MomentPrediction(bar - 0.5 * delta, sd)}, retrains, original)["forget"] < -0.49
+    # the original at the retrains' mean: no departure to share in
+    assert math.isnan(residual_memory(kept, retrains, {"forget": MomentPrediction(bar, sd)})["forget"])
+    with pytest.raises(ValueError, match="at least one retrain"):
+        residual_memory(kept, [], original)
 
 
 def test_pooled_rank_test_is_the_exact_tail_of_a_sum_of_uniform_ranks():

@@ -157,6 +157,11 @@ def test_quick_run_metrics_schema_and_the_references(quick_run):
         if r["method"] != "retrain":
             assert r["metrics"]["rank_n"] == 3 and all(1 <= r["metrics"][f"{s}/rank"] <= 3 for s in SPLITS)
     assert all(by["none"]["metrics"][f"{s}/rank"] == 3 for s in SPLITS)
+    # residual memory: "none" keeps all of its own departure from the retrains, a cold retrain under another
+    # seed far less of it on the deleted region; "retrain" is a member of the reference and is not scored
+    assert all(by["none"]["metrics"][f"{s}/memory"] == pytest.approx(1.0) for s in SPLITS)
+    assert "forget/memory" not in by["retrain"]["metrics"]
+    assert abs(by["retrain-lm"]["metrics"]["forget/memory"]) < 0.5
     # a method that did not forget is not indistinguishable: the down-date on a region fails (verdict + band)
     assert not by["laplace-downdate"]["indistinguishable"]
     # the removed region: retraining without it leaves a wider predictive there than the full posterior
@@ -324,6 +329,9 @@ def test_quick_run_reports_the_emptied_region_on_the_first_page_and_auto_retrain
     assert "lm-refit" in share and "retrain-warm" in share and not {"retrain", "retrain-lm", "none"} & set(share)
     assert rows["lm-refit"]["verdict"] != "ok"
     assert rows["auto"]["diagnostics"]["chosen"] == "retrain" and "Not tried: `laplace-downdate`, `lm-refit`" in report
+    # the residual memory of D_f, one number per scored result, with doing nothing (1 by definition) left out
+    mem = next(line for line in report.splitlines() if line.startswith("**Residual memory of D_f**"))
+    assert f"`lm-refit` {rows['lm-refit']['metrics']['forget/memory']:.2f}" in mem and "`none`" not in mem.split(": ")[-1]
 
 
 def test_the_map_gradient_reading_flags_a_non_mode_at_the_request_scale():
