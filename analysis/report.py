@@ -180,7 +180,8 @@ def write_report(doc: dict, path: str | Path, figures: dict[str, str] | None = N
     if mem:
         L += ["", "**Residual memory of D_f** (metrics.csv, `forget/memory`): the share of the original posterior's "
               "departure from the retrains' mean on the forget set that each result kept, Σ (μ − m̄)(μ* − m̄) / "
-              "Σ (μ* − m̄)² (0: none of it, 1: all of it, as `none`; linear, where gap closed is quadratic): "
+              "Σ (μ* − m̄)² (0: none of it, 1: all of it, as `none`; below 0 or above 1: past the retrains or beyond θ*; "
+              "linear, where gap closed is quadratic): "
               + ", ".join(f"`{m}` {v:.2f}" for m, v in mem) + "."]
     if nf and ref.get("kind") != "ensemble":
         L += ["", "**Noise floor** (two retrainings with different seeds, the same distances): KL "
