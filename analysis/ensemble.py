@@ -161,9 +161,9 @@ def residual_memory(pred: Mapping[str, object], retrains: Sequence[Mapping[str, 
     of it, like ``none``; NaN where Δ = 0). On a forget set the original's departure is what it learnt from D_f,
     so memory > 0 is information about D_f left behind. It is linear where the KL gap closed is quadratic in the
     mean error: with equal predictive variances, a method that keeps 37 % of Δ and nothing else closes
-    1 − 0.37² ≈ 86 % of the KL gap. A retrain held out of
-    ``retrains`` gives its spread under "one more retrain" (benchmarks/README.md). Only readable where the deletion
-    is visible: where Δ is mode noise (``none`` near the noise floor) a retrain that shares θ*'s mode scores near 1."""
+    1 − 0.37² ≈ 86 % of the KL gap. A retrain held out of ``retrains`` gives its spread under "one more retrain"
+    (benchmarks/README.md). Only readable where the deletion is visible: where Δ is mode noise (``none`` near the
+    noise floor) a retrain that shares θ*'s mode scores near 1."""
     if len(retrains) < 1:
         raise ValueError("residual memory needs at least one retrain")
     out: dict[str, float] = {}

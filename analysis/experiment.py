@@ -227,7 +227,7 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
             ranks = exchangeable_rank({sp: pred[sp] for sp in SPLITS}, retrain_preds, _kl_only)
             m.update({f"{sp}/rank": v for sp, v in ranks.items()})
             m["rank_n"] = len(retrain_preds) + 1
-        if row["method"] != "retrain":  # the share of θ*'s departure from the retrains' mean it kept (0 … 1)
+        if row["method"] != "retrain":  # the share of θ*'s departure from the retrains' mean it kept (0: none, 1: all)
             m.update({f"{s}/memory": v for s, v in residual_memory(pred, retrain_preds, none_pred).items()})
 
     if floor:
