@@ -178,7 +178,7 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
             results[-1]["sequential"] = seq[name]
     bar.close()
 
-    doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xf, yf, fit_time),
+    doc: dict[str, Any] = {"config": cfg, "request": _request(cfg, data, post, idx, xr, yr, xf, yf, fit_time),
                            "reference": {}, "noise_floor": {}, "results": results}
     doc["request"].update(scenario_request(corruption, requests, cfg))  # corrupted / sequential: what was done
     if "retrain" not in runs or "none" not in runs:  # a failed reference: report the rest, score nothing
@@ -228,7 +228,8 @@ def _run(cfg: dict, out: str | Path, progress: bool, plan: tuple) -> dict:
             m.update({f"{sp}/rank": v for sp, v in ranks.items()})
             m["rank_n"] = len(retrain_preds) + 1
         if row["method"] != "retrain":  # the share of θ*'s departure from the retrains' mean it kept (0: none, 1: all)
-            m.update({f"{s}/memory": v for s, v in residual_memory(pred, retrain_preds, none_pred).items()})
+            # against ref_pred, the retrains' mixture already formed above (a one-member mixture is itself)
+            m.update({f"{s}/memory": v for s, v in residual_memory(pred, [ref_pred], none_pred).items()})
 
     if floor:
         for sp in inputs:
@@ -334,7 +335,7 @@ def _region_mask(cfg: dict, data) -> torch.Tensor | None:
     return mask if bool(mask.any()) else None
 
 
-def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_time: float) -> dict:
+def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xr, yr, xf, yf, fit_time: float) -> dict:
     """Facts about the deletion request, including PSIS k̂ of the weights 1/p(D_f|θ) under q(θ|D)."""
     an = cfg["analysis"]
     note = None
@@ -358,7 +359,6 @@ def _request(cfg: dict, data, post: Posterior, idx: torch.Tensor, xf, yf, fit_ti
         grads["forget_grad_norm"] = float(g.norm())
     from ..unlearning.verdict import forget_share
 
-    xr, yr, _, _ = split(data.x, data.y, idx)
     share = forget_share(post, xf, yf, seed=cfg["seed"], x_retain=xr, y_retain=yr)  # the verdict's emptied-region κ
     return {**grads, "num_train": len(data.x), "num_forget": len(idx), "num_retain": len(data.x) - len(idx),
             "num_params": int(post.loc.numel()), "family": post.family, "structure": post.structure,

@@ -271,7 +271,8 @@ def _top_share(L: torch.Tensor, A: torch.Tensor) -> float:
 
 
 def _share_over_every_coordinate(old: Posterior, bound: BoundModel, x: torch.Tensor, y: torch.Tensor,
-                                 theta: torch.Tensor, scale: float, x_retain: torch.Tensor, y_retain: torch.Tensor, R: dict, seed: int) -> float:
+                                 theta: torch.Tensor, scale: float, x_retain: torch.Tensor, y_retain: torch.Tensor,
+                                 R: dict, seed: int) -> float:
     """κ over all d coordinates against Λ = P + G_f + G_r at θ* (an active-subset posterior holds no precision for
     the rest): the largest eigenvalue of Bᵀ B with B = L⁻¹ A_fᵀ, Λ = L Lᵀ."""
     from ..inference.curvature import whitened_jacobian
